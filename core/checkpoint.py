@@ -1,0 +1,32 @@
+"""Model weights as safetensors (no code runs on load), written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from core.io import atomic_path
+from core.weights import load_state_dict_file
+
+
+def save_weights(module: nn.Module, path: str | Path) -> None:
+    """Write `module.state_dict()` to a .safetensors file, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a .safetensors state dict into `module`, requiring every key to match."""
+    state = load_state_dict_file(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_torch_state(obj: dict, path: str | Path) -> None:
+    """Optimizer / scheduler state (tensors and plain values only; loaded with weights_only=True)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

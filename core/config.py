@@ -1,0 +1,395 @@
+"""The run configuration: one YAML file per run, validated before any work starts.
+
+The dataclass defaults *are* the embedded default (`itr-distill demo`); `configs/demo.yaml` spells
+the same values out and a test keeps the two equal. Command-line overrides use dotted keys
+(`--set teacher.train.epochs=3`); values are parsed as YAML.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from core.io import write_text
+from core.schema import ConfigError, build, to_dict
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "apply_overrides"]
+
+
+def _positive(obj: Any, *names: str) -> list[str]:
+    return [f"{n}: must be > 0, got {getattr(obj, n)}" for n in names if not getattr(obj, n) > 0]
+
+
+def _non_negative(obj: Any, *names: str) -> list[str]:
+    return [f"{n}: must be >= 0, got {getattr(obj, n)}" for n in names if not getattr(obj, n) >= 0]
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and seed of the generated scene dataset (the embedded default)."""
+
+    n_train: int = 1600
+    n_val: int = 200
+    n_test: int = 200
+    image_size: int = 64
+    family_size: int = 4
+    min_objects: int = 2
+    max_objects: int = 3
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = _positive(self, "n_train", "n_val", "n_test", "family_size")
+        if self.image_size < 32:
+            out.append(f"image_size: must be >= 32, got {self.image_size}")
+        if not 2 <= self.min_objects <= self.max_objects <= 4:
+            out.append("min_objects/max_objects: need 2 <= min_objects <= max_objects <= 4")
+        return out
+
+
+@dataclass
+class SplitsConfig:
+    """Which split names of the source make up each of our three splits."""
+
+    train: list[str] = field(default_factory=lambda: ["train", "restval"])
+    val: list[str] = field(default_factory=lambda: ["val"])
+    test: list[str] = field(default_factory=lambda: ["test"])
+
+
+@dataclass
+class DataConfig:
+    """Where the image-caption pairs come from."""
+
+    format: Literal["synthetic", "karpathy", "precomputed"] = "synthetic"
+    # karpathy: the split JSON; precomputed: the directory of {split}_ims.npy / {split}_caps.txt;
+    # synthetic: where the generated dataset is written (default: <run_dir>/data).
+    path: str | None = None
+    image_root: str | None = None
+    captions_per_image: int = 5
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    # Keep only the first N images of a split (None: all). For quick runs.
+    limit_train: int | None = None
+    limit_val: int | None = None
+    limit_test: int | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def problems(self) -> list[str]:
+        out = _positive(self, "captions_per_image")
+        if self.format in ("karpathy", "precomputed") and not self.path:
+            out.append(f"path: required when format is '{self.format}'")
+        if self.format == "karpathy" and not self.image_root:
+            out.append("image_root: required when format is 'karpathy'")
+        for name in ("limit_train", "limit_val", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                out.append(f"{name}: must be > 0 or null, got {value}")
+        return out
+
+
+@dataclass
+class ImageTowerConfig:
+    """A timm backbone (any model name) or a pass-through for precomputed region features."""
+
+    kind: Literal["timm", "features"] = "timm"
+    name: str = "resnet10t"
+    pretrained: bool = False  # timm hub weights (needs network)
+    weights: str | None = None  # local weights file (.safetensors / .pth / .pt)
+    # Passed to timm.create_model. The default narrows resnet10t and keeps a 4x4 grid at 64 px.
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"channels": [32, 64, 128, 256], "stem_width": 16, "output_stride": 16})
+    image_size: int | None = 64  # None: the model's own input size
+    freeze: bool = False
+    lr_scale: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = _non_negative(self, "lr_scale")
+        if self.pretrained and self.weights:
+            out.append("pretrained/weights: choose one of timm hub weights or a local weights file")
+        return out
+
+
+@dataclass
+class ScratchTextConfig:
+    """A small BERT trained from scratch, with a WordPiece vocabulary learned from the captions."""
+
+    vocab_size: int = 400
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+
+    def problems(self) -> list[str]:
+        out = _positive(self, "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            out.append(f"hidden_size: must be divisible by num_heads ({self.num_heads})")
+        return out
+
+
+@dataclass
+class TextTowerConfig:
+    """A sentence-transformers model (hub name or local directory), or 'scratch'."""
+
+    model: str = "scratch"
+    max_length: int = 32
+    freeze: bool = False
+    lr_scale: float = 1.0
+    scratch: ScratchTextConfig = field(default_factory=ScratchTextConfig)
+
+    def problems(self) -> list[str]:
+        return _positive(self, "max_length") + _non_negative(self, "lr_scale")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the teacher fit and student distillation."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 2.0
+    eval_every: int = 1  # epochs between validation passes (0: never)
+    select: Literal["last", "best_val"] = "best_val"
+    keep_checkpoints: int = 1  # epoch checkpoints kept besides the selected one
+    batching: Literal["random", "lexical"] = "lexical"  # lexical: hard-negative groups in each batch
+    group_size: int = 4  # images per lexical group
+
+    def problems(self) -> list[str]:
+        out = _positive(self, "epochs", "batch_size", "lr")
+        out += _non_negative(self, "weight_decay", "warmup_steps", "grad_clip", "eval_every", "keep_checkpoints")
+        if self.group_size < 1:
+            out.append(f"group_size: must be >= 1, got {self.group_size}")
+        if self.batch_size == 1:
+            out.append("batch_size: in-batch losses need at least 2 pairs per batch")
+        if self.select == "best_val" and self.eval_every == 0:
+            out.append("select: 'best_val' needs eval_every > 0")
+        return out
+
+
+@dataclass
+class ScanConfig:
+    """SCAN stacked cross attention (Lee et al., ECCV 2018)."""
+
+    direction: Literal["t2i", "i2t"] = "t2i"
+    aggregation: Literal["lse", "mean"] = "lse"
+    lambda_softmax: float = 9.0
+    lambda_lse: float = 6.0
+    max_chunk_elements: int = 1 << 24  # word-region logits per block: bounds peak memory
+
+    def problems(self) -> list[str]:
+        return _positive(self, "lambda_softmax", "lambda_lse", "max_chunk_elements")
+
+
+@dataclass
+class TeacherConfig:
+    """The interactive matcher: towers, token projections, SCAN, and its hinge objective."""
+
+    image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
+    embed_dim: int = 256
+    projection: Literal["linear", "mlp"] = "linear"  # token projection into the joint space
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    global_weight: float = 1.0  # adds global_weight * cos(pooled image, pooled caption) to the score
+    margin: float = 0.2
+    max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
+    sum_violation_epochs: int = 2  # warm up with the sum of violations for this many epochs
+    max_cache_gib: float = 8.0  # refuse dense score caches larger than this
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+
+    def problems(self) -> list[str]:
+        return _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
+
+
+@dataclass
+class ContrastiveLossConfig:
+    """Symmetric InfoNCE with a learnable temperature, or the VSE++ hinge."""
+
+    weight: float = 1.0
+    kind: Literal["infonce", "hinge"] = "infonce"
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+    margin: float = 0.2
+    max_violation: bool = True
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "weight", "margin") + _positive(self, "init_temperature")
+
+
+@dataclass
+class KDLossConfig:
+    """In-batch ListNet distillation from the teacher's scores (ALADIN), both directions."""
+
+    weight: float = 1.0
+    teacher_temperature: float = 0.05
+    student_scale: float = 20.0
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "weight") + _positive(self, "teacher_temperature", "student_scale")
+
+
+@dataclass
+class AlignLossConfig:
+    """SelfAlign context-level alignment: global vector vs the other modality's local tokens."""
+
+    weight: float = 0.1
+    temperature: float = 0.1
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "weight") + _positive(self, "temperature")
+
+
+@dataclass
+class LossesConfig:
+    """The student's named, weighted loss terms."""
+
+    contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+    kd: KDLossConfig = field(default_factory=KDLossConfig)
+    align: AlignLossConfig = field(default_factory=AlignLossConfig)
+
+
+@dataclass
+class StudentConfig:
+    """The dual encoder that ships: towers, pooling, projection, L2-normalised embeddings."""
+
+    image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
+    embed_dim: int = 128
+    projection: Literal["linear", "mlp"] = "linear"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    losses: LossesConfig = field(default_factory=LossesConfig)
+
+    def problems(self) -> list[str]:
+        return _positive(self, "embed_dim")
+
+
+@dataclass
+class ExperimentConfig:
+    """Which students `run` trains: the configured one, and a no-distillation baseline, per seed."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline: bool = True
+
+    def problems(self) -> list[str]:
+        if not self.seeds:
+            return ["seeds: need at least one seed"]
+        return ["seeds: must be distinct"] if len(set(self.seeds)) != len(self.seeds) else []
+
+
+@dataclass
+class ExportConfig:
+    """ONNX export of the student's two towers and the parity gate that guards it."""
+
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    opset: int = 18
+    parity_min_cosine: float = 0.9999
+    parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 7])
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0 < self.parity_min_cosine <= 1:
+            out.append(f"parity_min_cosine: must be in (0, 1], got {self.parity_min_cosine}")
+        if not 14 <= self.opset <= 23:
+            out.append(f"opset: must be between 14 and 23, got {self.opset}")
+        if not self.parity_batch_sizes or any(b <= 0 for b in self.parity_batch_sizes):
+            out.append("parity_batch_sizes: need positive batch sizes")
+        return out
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation protocol."""
+
+    split: Literal["val", "test"] = "test"
+    folds: int = 1  # 5: COCO 1K protocol
+    batch_size: int = 128
+
+    def problems(self) -> list[str]:
+        return _positive(self, "folds", "batch_size")
+
+
+@dataclass
+class BenchConfig:
+    """Latency benchmark settings."""
+
+    warmup: int = 5
+    repeats: int = 50
+    queries: int = 30
+    threads: int | None = None  # torch / onnxruntime intra-op threads (None: library default)
+    cuda: bool = True  # also measure on CUDA when it is present
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "warmup") + _positive(self, "repeats", "queries")
+
+
+@dataclass
+class Config:
+    """A whole run: data, teacher, student, experiment, export, evaluation and benchmark."""
+
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def problems(self) -> list[str]:
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            return [f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"]
+        return []
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"override {item!r}: expected key=value"], "command line")
+        key, text = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config; `path=None` starts from the embedded default."""
+    raw: dict[str, Any] = {}
+    source = "embedded default"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError([f"file not found: {path}"], source)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {exc}"], source) from exc
+        if not isinstance(raw, dict):
+            raise ConfigError([f"top level must be a mapping, got {type(raw).__name__}"], source)
+    raw = apply_overrides(raw, overrides or [])
+    return build(Config, raw, source)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config (every value, defaults included) as YAML."""
+    write_text(path, config_to_yaml(config))

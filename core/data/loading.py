@@ -1,0 +1,139 @@
+"""Torch datasets over a `CaptionSplit`: caption-level training pairs, galleries of images or captions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from core.data.batching import LexicalBatches
+from core.data.images import ImagePreprocess, load_image
+from core.data.records import CaptionSplit
+
+Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Batch:
+    """A batch of pairs (or of images only / captions only, the other fields left None).
+
+    `images` holds pixels (B, 3, H, W) or region features (B, R, D) with `image_mask` (B, R).
+    `image_index` / `caption_index` are positions in the split: losses use `image_index` to know
+    which captions share an image, and distillation uses both to look up teacher scores.
+    """
+
+    images: torch.Tensor | None = None
+    image_mask: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
+    caption_index: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        ref = self.image_index if self.image_index is not None else self.caption_index
+        return int(ref.shape[0])
+
+
+def _move(value: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if value is None else value.to(device, non_blocking=True)
+
+
+class ImageSource:
+    """Loads image `i` of a split as a tensor: preprocessed pixels, or region features."""
+
+    def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None):
+        if split.image_paths is not None and preprocess is None:
+            raise ValueError(f"{split.source}: an image split needs an image preprocessing spec")
+        self.split, self.preprocess = split, preprocess
+
+    def __call__(self, i: int) -> torch.Tensor:
+        if self.split.features is not None:
+            return torch.from_numpy(np.asarray(self.split.features[i], dtype=np.float32))
+        return torch.from_numpy(self.preprocess(load_image(self.split.image_paths[i])))
+
+
+class PairDataset(Dataset):
+    """One item per caption: (image, caption text, image index, caption index)."""
+
+    def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None):
+        self.split, self.load = split, ImageSource(split, preprocess)
+
+    def __len__(self) -> int:
+        return self.split.n_captions
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int]:
+        i = j // self.split.captions_per_image
+        return self.load(i), self.split.captions[j], i, j
+
+
+class ImageGallery(Dataset):
+    """One item per image, for encoding a gallery."""
+
+    def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None):
+        self.split, self.load = split, ImageSource(split, preprocess)
+
+    def __len__(self) -> int:
+        return self.split.n_images
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.load(i), i
+
+
+def _stack_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    stacked = torch.stack(images)
+    if stacked.ndim == 3:  # region features: every region of a precomputed set is valid
+        return stacked, torch.ones(stacked.shape[:2], dtype=torch.bool)
+    return stacked, None
+
+
+def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokenize: Tokenize,
+                batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
+                num_workers: int = 0, batching: str = "random", group_size: int = 4, seed: int = 0) -> DataLoader:
+    """Caption-level pairs, tokenised by `tokenize`.
+
+    `batching='random'` shuffles captions (`generator` fixes the order); `'lexical'` fills batches
+    with groups of lexically close images (see `core.data.batching`), seeded by `seed`.
+    """
+
+    def collate(items: list[tuple[torch.Tensor, str, int, int]]) -> Batch:
+        images, texts, img_idx, cap_idx = zip(*items)
+        pixels, mask = _stack_images(list(images))
+        tokens = tokenize(list(texts))
+        return Batch(pixels, mask, tokens["input_ids"], tokens["attention_mask"],
+                     torch.tensor(img_idx), torch.tensor(cap_idx))
+
+    dataset = PairDataset(split, preprocess)
+    if batching == "lexical":
+        sampler = LexicalBatches(split.captions, split.captions_per_image, batch_size, group_size, seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    if batching != "random":
+        raise ValueError(f"unknown batching {batching!r} (expected 'random' or 'lexical')")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=collate, num_workers=num_workers, drop_last=shuffle)
+
+
+def image_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
+                 num_workers: int = 0) -> DataLoader:
+    """All images of a split, in order."""
+
+    def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
+        images, idx = zip(*items)
+        pixels, mask = _stack_images(list(images))
+        return Batch(images=pixels, image_mask=mask, image_index=torch.tensor(idx))
+
+    return DataLoader(ImageGallery(split, preprocess), batch_size=batch_size, shuffle=False,
+                      collate_fn=collate, num_workers=num_workers)
+
+
+def caption_batches(split: CaptionSplit, tokenize: Tokenize, batch_size: int):
+    """All captions of a split, in order, as tokenised batches."""
+    for start in range(0, split.n_captions, batch_size):
+        texts = list(split.captions[start:start + batch_size])
+        tokens = tokenize(texts)
+        yield Batch(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                    caption_index=torch.arange(start, start + len(texts)))

@@ -1,0 +1,25 @@
+"""Image and text towers (timm, sentence-transformers, precomputed features) and projection heads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from core.config import ImageTowerConfig, TextTowerConfig
+from core.towers.heads import set_trainable
+from core.towers.image import build_image_tower
+from core.towers.text import TextTower
+
+
+def build_towers(image_cfg: ImageTowerConfig, text_cfg: TextTowerConfig, text_model: str | Path,
+                 feature_dim: int | None, fresh_text: bool) -> tuple[nn.Module, TextTower]:
+    """Both towers of a model, frozen as configured.
+
+    `text_model` is the resolved sentence-transformers source (the scratch directory for
+    'scratch'); `fresh_text` re-draws the text encoder's weights instead of loading them.
+    """
+    image = build_image_tower(image_cfg, feature_dim)
+    text = TextTower(text_model, text_cfg.max_length, fresh_init=fresh_text)
+    set_trainable(image, not image_cfg.freeze)
+    set_trainable(text, not text_cfg.freeze)
+    return image, text

@@ -1,0 +1,135 @@
+"""Command line: `itr-distill <stage>` for each stage, `run CONFIG` for the chain, `demo` for the default."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from core.config import Config, ConfigError, load_config, save_config
+
+log = logging.getLogger("itr_distill")
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _setup_logging() -> None:
+    """Our messages at INFO on stderr; libraries stay at their WARNING default."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    if config_required:
+        p.add_argument("config", help="YAML config file")
+    else:
+        p.add_argument("config", nargs="?", help="YAML config (default: <run-dir>/config.yaml, else the embedded default)")
+    p.add_argument("--run-dir", help="run directory (overrides run_dir in the config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set teacher.train.epochs=3 (repeatable)")
+    p.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="itr-distill", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_config_args(sub.add_parser("data", help="generate (synthetic) and check the dataset splits"))
+    teacher = sub.add_parser("teacher", help="teacher stages").add_subparsers(dest="teacher_command", required=True)
+    _add_config_args(teacher.add_parser("fit", help="fit the SCAN teacher (VSE++ hinge)"))
+    score = teacher.add_parser("score", help="score every pair of a split into a score cache")
+    _add_config_args(score)
+    score.add_argument("--split", default="train", choices=["train", "val", "test"])
+    distill = sub.add_parser("distill", help="train one student")
+    _add_config_args(distill)
+    distill.add_argument("--variant", default="distilled", choices=["distilled", "baseline"])
+    distill.add_argument("--seed", type=int, help="seed (default: the config's seed)")
+    export = sub.add_parser("export", help="export a student to ONNX behind the parity gate")
+    _add_config_args(export)
+    export.add_argument("--student", help="student directory (default: distilled student of the first seed)")
+    _add_config_args(sub.add_parser("eval", help="evaluate teacher, students and ONNX student"))
+    _add_config_args(sub.add_parser("bench", help="latency benchmark"))
+    report = sub.add_parser("report", help="write report.md and report.json of a run")
+    report.add_argument("run_dir")
+    _add_config_args(sub.add_parser("run", help="run every stage of a config"), config_required=True)
+    demo = sub.add_parser("demo", help="run every stage on the embedded default (synthetic scenes)")
+    demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--force", action="store_true")
+    return ap
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Config file (or the run dir's saved config, or the default), then --run-dir and --set."""
+    path = getattr(args, "config", None)
+    if path is None and args.command != "demo" and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
+        path = Path(args.run_dir) / "config.yaml"
+    overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    return load_config(path, overrides)
+
+
+def dispatch(args: argparse.Namespace, command_line: str) -> None:
+    from distill import stages
+    from distill.pipeline import run_pipeline
+
+    if args.command == "report":
+        stages.stage_report(args.run_dir, command_line)
+        return
+    cfg = resolve_config(args)
+    if args.command in ("run", "demo"):
+        run_pipeline(cfg, command_line, args.force)
+        return
+    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    if args.command == "data":
+        stages.stage_data(cfg, args.force)
+    elif args.command == "teacher" and args.teacher_command == "fit":
+        stages.stage_teacher_fit(cfg, args.force)
+    elif args.command == "teacher":
+        stages.stage_teacher_score(cfg, args.split, args.force)
+    elif args.command == "distill":
+        stages.stage_distill(cfg, args.variant, args.seed, args.force)
+    elif args.command == "export":
+        stages.stage_export(cfg, args.student, args.force)
+    elif args.command == "eval":
+        stages.stage_eval(cfg)
+    elif args.command == "bench":
+        stages.stage_bench(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    if args.command == "demo" and args.run_dir is None:
+        args.run_dir = "runs/demo"
+    _setup_logging()
+    _quiet_libraries()
+    command_line = "itr-distill " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        dispatch(args, command_line)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

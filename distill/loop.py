@@ -1,0 +1,156 @@
+"""The one training loop: teacher fit and student distillation differ only in model and objective.
+
+Per step: forward the batch, ask the objective for its named terms (with the teacher's scores of
+the batch when distilling), stop on a non-finite loss naming the term, step AdamW under a warm-up +
+cosine schedule, log every term. Per epoch: optional validation, a checkpoint (weights, objective,
+optimiser and scheduler state), and pruning of old checkpoints. The selected epoch's weights
+become `model.safetensors`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from core.checkpoint import save_torch_state, save_weights
+from core.config import TrainConfig
+from core.data.images import ImagePreprocess
+from core.data.loading import Batch, pair_loader
+from core.data.records import CaptionSplit
+from core.io import write_json
+from core.seeding import seed_everything
+from distill.losses import Objective
+
+TeacherScores = Callable[[Batch], torch.Tensor]
+Evaluate = Callable[[nn.Module], dict]
+
+
+@dataclass
+class FitResult:
+    weights: Path
+    selected_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def selected_metrics(self) -> dict:
+        return next((h.get("val", {}) for h in self.history if h["epoch"] == self.selected_epoch), {})
+
+
+def _param_groups(model: nn.Module, objective: Objective, settings: TrainConfig,
+                  lr_scales: dict[str, float]) -> list[dict]:
+    """AdamW groups: per-tower learning-rate scales; no weight decay on biases, norms, scales."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    named = [(f"model.{n}", p) for n, p in model.named_parameters()] + \
+            [(f"objective.{n}", p) for n, p in objective.named_parameters()]
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        scale = next((s for prefix, s in lr_scales.items() if name.startswith(f"model.{prefix}.")), 1.0)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    return [{"params": ps, "lr": settings.lr * scale, "weight_decay": settings.weight_decay if decay else 0.0}
+            for (scale, decay), ps in groups.items()]
+
+
+def _schedule(settings: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, preprocess: ImagePreprocess | None,
+        settings: TrainConfig, out_dir: str | Path, seed: int, device: torch.device,
+        lr_scales: dict[str, float] | None = None, teacher_scores: TeacherScores | None = None,
+        evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True) -> FitResult:
+    """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`."""
+    out_dir = Path(out_dir)
+    if objective.needs_teacher and teacher_scores is None:
+        raise ValueError("the objective has a distillation term but no teacher scores were given")
+    generator = seed_everything(seed)
+    model.to(device)
+    objective.to(device)
+    loader = pair_loader(train_split, preprocess, model.tokenize, settings.batch_size, generator=generator,
+                         batching=settings.batching, group_size=settings.group_size, seed=seed)
+    if len(loader) == 0:
+        raise ValueError(f"{train_split.source}: {train_split.n_captions} captions give no full batch of {settings.batch_size}")
+    optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
+    total_steps = settings.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total_steps))
+    log_path = out_dir / "train_log.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    history: list[dict] = []
+    best_epoch, best_rsum, step = settings.epochs, -math.inf, 0
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    with open(log_path, "a", encoding="utf-8") as log:
+        for epoch in range(1, settings.epochs + 1):
+            objective.set_epoch(epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
+            for batch in bar:
+                batch = batch.to(device)
+                out = model(batch)
+                t_sims = teacher_scores(batch).to(device) if objective.needs_teacher else None
+                total, parts = objective(out, batch, t_sims)
+                if not torch.isfinite(total):
+                    bad = [n for n, v in parts.items() if not math.isfinite(v)] or ["total"]
+                    raise FloatingPointError(f"{desc}: non-finite loss in term(s) {bad} at epoch {epoch}, step {step}; "
+                                             f"last good checkpoint: {out_dir / 'checkpoints'}")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if settings.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                parts["total"] = float(total.detach())
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts}) + "\n")
+                bar.set_postfix(loss=f"{parts['total']:.3f}")
+            record = {"epoch": epoch, "steps": step, "seconds": round(time.perf_counter() - started, 2),
+                      "loss": {k: v / len(loader) for k, v in sums.items()}}
+            if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
+                record["val"] = evaluate(model)
+                if settings.select == "best_val" and record["val"]["rsum"] > best_rsum:
+                    best_rsum, best_epoch = record["val"]["rsum"], epoch
+            history.append(record)
+            log.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
+            log.flush()
+            _save_epoch(out_dir / "checkpoints" / f"epoch_{epoch:03d}", model, objective, optimizer, scheduler, record)
+            _prune(out_dir / "checkpoints", keep={epoch, best_epoch}, keep_last=settings.keep_checkpoints)
+    if settings.select == "last":
+        best_epoch = settings.epochs
+    weights = out_dir / "model.safetensors"
+    shutil.copyfile(out_dir / "checkpoints" / f"epoch_{best_epoch:03d}" / "model.safetensors", weights)
+    write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select, "history": history})
+    return FitResult(weights, best_epoch, history)
+
+
+def _save_epoch(path: Path, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+                scheduler, record: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_weights(model, path / "model.safetensors")
+    save_weights(objective, path / "objective.safetensors")
+    save_torch_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optimizer.pt")
+    write_json(path / "state.json", record)
+
+
+def _prune(root: Path, keep: set[int], keep_last: int) -> None:
+    epochs = sorted(int(p.name.split("_")[1]) for p in root.glob("epoch_*"))
+    keep = keep | set(epochs[-keep_last:] if keep_last > 0 else [])
+    for epoch in epochs:
+        if epoch not in keep:
+            shutil.rmtree(root / f"epoch_{epoch:03d}")

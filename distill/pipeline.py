@@ -1,0 +1,34 @@
+"""`run`: chain every stage for one config, skipping those whose outputs are up to date."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from core.config import Config, save_config
+from distill.losses import student_objective
+from distill.stages import (VARIANTS, stage_bench, stage_data, stage_distill, stage_eval, stage_export, stage_report,
+                            stage_teacher_fit, stage_teacher_score, variant_config)
+
+log = logging.getLogger("itr_distill")
+
+
+def run_pipeline(cfg: Config, command: str, force: bool = False) -> dict[str, Any]:
+    """data -> teacher fit -> teacher score -> students (variants x seeds) -> export -> eval -> bench -> report."""
+    started = time.perf_counter()
+    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    stage_data(cfg, force)
+    stage_teacher_fit(cfg, force)
+    variants = VARIANTS if cfg.experiment.baseline else ("distilled",)
+    if any(student_objective(variant_config(cfg, v).losses).needs_teacher for v in variants):
+        stage_teacher_score(cfg, "train", force)
+    for seed in cfg.experiment.seeds:
+        for variant in variants:
+            stage_distill(cfg, variant, seed, force)
+    stage_export(cfg, force=force)
+    stage_eval(cfg)
+    stage_bench(cfg)
+    summary = stage_report(cfg.run_dir, command)
+    log.info("run finished in %.0f s: %s", time.perf_counter() - started, Path(cfg.run_dir) / "report.md")
+    return summary

@@ -1,0 +1,279 @@
+"""The pipeline's stages. Each reads and writes the files described in `distill.workspace`, so
+each can run alone (`itr-distill <stage>`) and `run` can chain them, skipping the up-to-date ones."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.config import Config, StudentConfig
+from core.data.karpathy import read_karpathy
+from core.data.precomputed import read_precomputed
+from core.data.records import CaptionSplit
+from core.data.synthetic import JSON_NAME, generate
+from core.devices import resolve_device
+from core.io import read_json, sha256_file, write_json
+from core.schema import to_dict
+from core.seeding import seed_everything
+from distill.loop import fit
+from distill.losses import student_objective, teacher_objective
+from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
+                               up_to_date)
+from eval.bench import run_benchmark
+from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
+from eval.report import write_report
+from export.onnx_export import export_student
+from teacher.cache import cache_identity, open_score_cache, write_score_cache
+from teacher.scoring import encode_split as teacher_encode
+from teacher.scoring import score_all
+
+log = logging.getLogger("itr_distill")
+VARIANTS = ("baseline", "distilled")
+
+
+# ---------------------------------------------------------------- data
+
+def _synthetic_dir(cfg: Config) -> Path:
+    return Path(cfg.data.path) if cfg.data.path else RunPaths(cfg.run_dir).data
+
+
+def load_split(cfg: Config, which: str) -> CaptionSplit:
+    """Our split `which` (train/val/test) of the configured dataset, with the configured limit."""
+    data = cfg.data
+    names = getattr(data.splits, which)
+    if data.format == "precomputed":
+        split = read_precomputed(data.path, names, which, data.captions_per_image)
+    elif data.format == "karpathy":
+        split = read_karpathy(data.path, data.image_root, names, which, data.captions_per_image)
+    else:
+        root = _synthetic_dir(cfg)
+        if not (root / JSON_NAME).is_file():
+            raise FileNotFoundError(f"{root / JSON_NAME}: synthetic dataset not generated yet; run `itr-distill data` first")
+        split = read_karpathy(root / JSON_NAME, root / "images", [which], which, data.captions_per_image)
+    return split.head(getattr(data, f"limit_{which}"))
+
+
+def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Generate the synthetic dataset if needed, then read and check all three splits."""
+    paths = RunPaths(cfg.run_dir)
+    if cfg.data.format == "synthetic":
+        root, spec = _synthetic_dir(cfg), to_dict(cfg.data.synthetic)
+        if force or not up_to_date(root, spec):
+            log.info("generating synthetic scenes in %s", root)
+            s = cfg.data.synthetic
+            generate(root, s.n_train, s.n_val, s.n_test, s.image_size, s.family_size, s.min_objects, s.max_objects, s.seed)
+            stamp(root, spec)
+    summary = {}
+    for which in ("train", "val", "test"):
+        split = load_split(cfg, which)
+        summary[which] = {"images": split.n_images, "captions": split.n_captions, "source": split.source,
+                          "fingerprint": split.fingerprint()}
+        log.info("%s: %d images, %d captions (%s)", which, split.n_images, split.n_captions, split.source)
+    write_json(paths.data_summary, summary)
+    return summary
+
+
+# ---------------------------------------------------------------- teacher
+
+def stage_teacher_fit(cfg: Config, force: bool = False) -> Path:
+    """Fit the teacher with the VSE++ hinge; keeps the best validation epoch."""
+    paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    key = {"data": train.fingerprint(), "teacher": to_dict(cfg.teacher), "seed": cfg.seed}
+    if not force and up_to_date(out, key):
+        log.info("teacher is up to date (%s)", out)
+        return out
+    device = resolve_device(cfg.device)
+    text_model = text_source(paths, cfg.teacher.text_tower, train)
+    seed_everything(cfg.seed)
+    teacher = new_model("teacher", cfg.teacher, text_model, feature_dim(train))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)
+    pre = teacher.image_tower.preprocess()
+    evaluate = lambda m: metrics_for(teacher_sims(m, val, pre, cfg.eval.batch_size, device, progress=False), val)
+    result = fit(teacher, teacher_objective(cfg.teacher), train, pre, cfg.teacher.train, out, cfg.seed, device,
+                 lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale, "text_tower": cfg.teacher.text_tower.lr_scale},
+                 evaluate=evaluate, desc="teacher")
+    log.info("teacher: epoch %d selected, val rsum %.1f", result.selected_epoch, result.selected_metrics.get("rsum", float("nan")))
+    stamp(out, key)
+    return out
+
+
+def _cache_identity(paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
+    return cache_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+                          split.n_images, split.n_captions)
+
+
+def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) -> Path:
+    """Score every image-caption pair of a split with the teacher into a score cache."""
+    paths = RunPaths(cfg.run_dir)
+    split = load_split(cfg, which)
+    identity = _cache_identity(paths, split)
+    out = paths.scores(which)
+    if not force and (out / "manifest.json").is_file():
+        try:
+            open_score_cache(out, identity)
+            log.info("score cache for %s is up to date (%s)", which, out)
+            return out
+        except ValueError as exc:
+            log.info("rescoring: %s", exc)
+    gib = split.n_images * split.n_captions * 4 / 2**30
+    if gib > cfg.teacher.max_cache_gib:
+        raise ValueError(f"a dense score cache for split '{which}' needs {gib:.1f} GiB (> teacher.max_cache_gib="
+                         f"{cfg.teacher.max_cache_gib}); lower data.limit_{which} or raise the limit")
+    device = resolve_device(cfg.device)
+    teacher = load_model(paths.teacher, device)
+    images, captions = teacher_encode(teacher, split, teacher.image_tower.preprocess(), cfg.eval.batch_size, device)
+    scores = score_all(teacher, images, captions)
+    write_score_cache(out, scores, identity)
+    log.info("scored %d x %d pairs of %s into %s", *scores.shape, which, out)
+    return out
+
+
+# ---------------------------------------------------------------- student
+
+def variant_config(cfg: Config, variant: str) -> StudentConfig:
+    """The configured student ('distilled') or the same student without KD and alignment ('baseline')."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown student variant {variant!r} (expected one of {VARIANTS})")
+    student = cfg.student
+    if variant == "baseline":
+        losses = dataclasses.replace(student.losses, kd=dataclasses.replace(student.losses.kd, weight=0.0),
+                                     align=dataclasses.replace(student.losses.align, weight=0.0))
+        student = dataclasses.replace(student, losses=losses)
+    return student
+
+
+def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = None, force: bool = False) -> Path:
+    """Train one student (a variant and a seed); reads the train score cache when it distils."""
+    seed = cfg.seed if seed is None else seed
+    paths = RunPaths(cfg.run_dir)
+    out = paths.student(variant, seed)
+    student_cfg = variant_config(cfg, variant)
+    objective = student_objective(student_cfg.losses)
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    key: dict[str, Any] = {"data": train.fingerprint(), "student": to_dict(student_cfg), "seed": seed}
+    teacher_scores = None
+    if objective.needs_teacher:
+        identity = _cache_identity(paths, train)
+        key["teacher"] = identity["teacher_checkpoint_sha256"]
+        cache = open_score_cache(paths.scores("train"), identity)
+        teacher_scores = lambda b: torch.from_numpy(np.ascontiguousarray(cache[np.ix_(b.image_index.numpy(), b.caption_index.numpy())]))
+    if not force and up_to_date(out, key):
+        log.info("student %s is up to date (%s)", out.name, out)
+        return out
+    device = resolve_device(cfg.device)
+    text_model = text_source(paths, student_cfg.text_tower, train)
+    seed_everything(seed)
+    student = new_model("student", student_cfg, text_model, feature_dim(train))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_info(out, "student", student_cfg, text_model, feature_dim(train), seed=seed, variant=variant,
+                    losses=[t.name for t in objective.terms])
+    pre = student.image_tower.preprocess()
+    evaluate = lambda m: metrics_for(student_sims(m, val, pre, cfg.eval.batch_size, device, progress=False), val)
+    result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
+                 lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
+                 teacher_scores=teacher_scores, evaluate=evaluate, desc=f"student {out.name}")
+    log.info("student %s: epoch %d selected, val rsum %.1f", out.name, result.selected_epoch,
+             result.selected_metrics.get("rsum", float("nan")))
+    stamp(out, key)
+    return out
+
+
+# ---------------------------------------------------------------- export, eval, bench, report
+
+def _sample_inputs(cfg: Config, student, n: int = 8) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """Real images (or region features) and captions from the test split, for tracing and parity."""
+    from core.data.loading import image_loader
+
+    split = load_split(cfg, cfg.eval.split)
+    batch = next(iter(image_loader(split.head(n), student.image_tower.preprocess(), n)))
+    return batch.images, batch.image_mask, list(split.captions[: 5 * n: 5])
+
+
+def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Export a student (default: the distilled student of the first seed) to ONNX behind the parity gate."""
+    paths = RunPaths(cfg.run_dir)
+    student_dir = Path(student_dir) if student_dir else paths.student("distilled", cfg.experiment.seeds[0])
+    weights = student_dir / "model.safetensors"
+    key = {"source": sha256_file(weights), "export": to_dict(cfg.export)}
+    if not force and up_to_date(paths.export, key):
+        log.info("export is up to date (%s)", paths.export)
+        return paths.export
+    student = load_model(student_dir, "cpu")
+    images, masks, texts = _sample_inputs(cfg, student)
+    manifest = export_student(student, paths.export, cfg.export, student.image_tower.preprocess(), images, masks,
+                              texts, weights)
+    stamp(paths.export, key)
+    write_json(paths.export / "source.json", {"student_dir": str(student_dir), "name": student_dir.name})
+    log.info("exported %s to %s (parity: image cos %.6f, text cos %.6f)", student_dir.name, paths.export,
+             manifest["parity"]["image"]["min_cosine"], manifest["parity"]["text"]["min_cosine"])
+    return paths.export
+
+
+def _student_dirs(cfg: Config) -> list[Path]:
+    paths = RunPaths(cfg.run_dir)
+    variants = VARIANTS if cfg.experiment.baseline else ("distilled",)
+    return [paths.student(v, s) for s in cfg.experiment.seeds for v in variants
+            if (paths.student(v, s) / "model.safetensors").is_file()]
+
+
+def stage_eval(cfg: Config) -> dict[str, Any]:
+    """Metrics of the teacher, every trained student and the ONNX export on the evaluation split."""
+    paths = RunPaths(cfg.run_dir)
+    split = load_split(cfg, cfg.eval.split)
+    device = resolve_device(cfg.device)
+    bs, folds = cfg.eval.batch_size, cfg.eval.folds
+    systems: list[dict[str, Any]] = []
+    if (paths.teacher / "model.safetensors").is_file():
+        teacher = load_model(paths.teacher, device)
+        sims = teacher_sims(teacher, split, teacher.image_tower.preprocess(), bs, device)
+        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "metrics": metrics_for(sims, split, folds)})
+    by_name = {}
+    for student_dir in _student_dirs(cfg):
+        info = read_json(student_dir / "model.json")
+        student = load_model(student_dir, device)
+        sims = student_sims(student, split, student.image_tower.preprocess(), bs, device)
+        entry = {"name": student_dir.name, "group": info["variant"], "seed": info["seed"], "losses": info["losses"],
+                 "metrics": metrics_for(sims, split, folds)}
+        systems.append(entry)
+        by_name[student_dir.name] = entry
+    if (paths.export / "manifest.json").is_file():
+        source = read_json(paths.export / "source.json")["name"]
+        metrics = metrics_for(onnx_sims(str(paths.export), split, bs), split, folds)
+        entry = {"name": "onnx", "group": "onnx", "seed": None, "source": source, "metrics": metrics}
+        if source in by_name:
+            ref = by_name[source]["metrics"]
+            entry["max_metric_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in metrics)
+        systems.append(entry)
+    if not systems:
+        raise FileNotFoundError(f"{paths.root}: nothing to evaluate yet (no teacher, students or export)")
+    results = {"split": cfg.eval.split, "folds": folds, "gallery_images": split.n_images, "systems": systems}
+    write_json(paths.eval_results, results)
+    for s in systems:
+        log.info("%-22s rsum %.1f", s["name"], s["metrics"]["rsum"])
+    return results
+
+
+def stage_bench(cfg: Config) -> dict[str, Any]:
+    """Latency of the teacher, the PyTorch student and the ONNX student on this machine."""
+    paths = RunPaths(cfg.run_dir)
+    source = Path(read_json(paths.export / "source.json")["student_dir"])
+    teacher, student = load_model(paths.teacher, "cpu"), load_model(source, "cpu")
+    split = load_split(cfg, cfg.eval.split)
+    result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
+                           student.image_tower.preprocess(), cfg.bench)
+    write_json(paths.bench, result)
+    for row in result["rows"]:
+        log.info("%-16s %-8s %-11s %-4s p50 %.2f ms", row["measure"], row["system"], row["backend"], row["device"], row["p50_ms"])
+    return result
+
+
+def stage_report(run_dir: str | Path, command: str) -> dict[str, Any]:
+    summary = write_report(run_dir, command)
+    log.info("report written to %s", Path(run_dir) / "report.md")
+    return summary

@@ -1,0 +1,114 @@
+"""Latency benchmark: batch-1 caption encoding and per-query text-to-image retrieval.
+
+Gallery features are computed once beforehand (as a deployed index would hold them): image
+embeddings for the student, projected region tokens for the teacher. A query then costs, for the
+student, one caption encoding plus a matrix-vector product and top-k; for the teacher, one
+caption encoding plus cross attention against every gallery image and top-k. Both run in the
+same process on the same captions; CUDA rows are added when a GPU is present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.config import BenchConfig
+from core.data.images import ImagePreprocess
+from core.data.records import CaptionSplit
+from eval.latency import time_calls
+from eval.machine import machine_info
+from student.encode import encode_split as student_encode
+from student.model import DualEncoder
+from teacher.model import ScanTeacher
+from teacher.scoring import encode_split as teacher_encode
+
+TOP_K = 10
+
+
+def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
+                teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
+                cfg: BenchConfig, device: torch.device) -> list[dict[str, Any]]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    teacher.to(device).eval()
+    student.to(device).eval()
+    gallery_emb = torch.from_numpy(student_encode(student, split, student_pre, 128, device, progress=False)[0]).to(device)
+    gallery_tokens, _ = teacher_encode(teacher, split, teacher_pre, 128, device, progress=False)
+    k = min(TOP_K, split.n_images)
+    rows = []
+
+    @torch.no_grad()
+    def encode(i: int) -> torch.Tensor:
+        tokens = student.tokenize([queries[i % len(queries)]])
+        return student.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+
+    @torch.no_grad()
+    def student_query(i: int) -> torch.Tensor:
+        return (gallery_emb @ encode(i).T).squeeze(1).topk(k).indices.cpu()
+
+    @torch.no_grad()
+    def teacher_query(i: int) -> torch.Tensor:
+        tokens = teacher.tokenize([queries[i % len(queries)]])
+        caption = teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        return teacher.score(gallery_tokens, caption).squeeze(1).topk(k).indices.cpu()
+
+    base = {"backend": "pytorch", "device": str(device)}
+    rows.append({"measure": "caption_encoding", "system": "student", **base, "batch": 1,
+                 **time_calls(encode, cfg.warmup, cfg.repeats, sync)})
+    rows.append({"measure": "retrieval", "system": "student", **base, "gallery": split.n_images,
+                 **time_calls(student_query, cfg.warmup, cfg.repeats, sync)})
+    rows.append({"measure": "retrieval", "system": "teacher", **base, "gallery": split.n_images,
+                 **time_calls(teacher_query, cfg.warmup, cfg.repeats, sync)})
+    return rows
+
+
+def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: BenchConfig,
+               provider: str) -> list[dict[str, Any]]:
+    from export.runtime import OnnxStudent
+
+    runtime = OnnxStudent(export_dir, providers=[provider], threads=cfg.threads)
+    if split.features is not None:
+        gallery = runtime.encode_regions(np.asarray(split.features, dtype=np.float32))
+    else:
+        gallery = runtime.encode_image_files(split.image_paths)
+    k = min(TOP_K, split.n_images)
+
+    def encode(i: int) -> np.ndarray:
+        return runtime.encode_text([queries[i % len(queries)]])
+
+    def query(i: int) -> np.ndarray:
+        scores = gallery @ encode(i)[0]
+        top = np.argpartition(-scores, k - 1)[:k]
+        return top[np.argsort(-scores[top])]
+
+    base = {"backend": "onnxruntime", "device": "cuda" if provider.startswith("CUDA") else "cpu", "provider": provider}
+    return [
+        {"measure": "caption_encoding", "system": "student", **base, "batch": 1, **time_calls(encode, cfg.warmup, cfg.repeats)},
+        {"measure": "retrieval", "system": "student", **base, "gallery": split.n_images, **time_calls(query, cfg.warmup, cfg.repeats)},
+    ]
+
+
+def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
+                  teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
+                  cfg: BenchConfig) -> dict[str, Any]:
+    """Measure every backend available here; returns rows plus the machine description."""
+    import onnxruntime as ort
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    queries = list(split.captions[: cfg.queries])
+    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"))
+    rows += _onnx_rows(Path(export_dir), split, queries, cfg, "CPUExecutionProvider")
+    if cfg.cuda and torch.cuda.is_available():
+        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"))
+    if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        rows += _onnx_rows(Path(export_dir), split, queries, cfg, "CUDAExecutionProvider")
+    return {
+        "machine": machine_info(),
+        "split": split.name,
+        "gallery_images": split.n_images,
+        "settings": {"warmup": cfg.warmup, "repeats": cfg.repeats, "queries": len(queries), "top_k": TOP_K,
+                     "threads": cfg.threads},
+        "rows": rows,
+    }

@@ -1,0 +1,41 @@
+"""Evaluate any scorer on a split: the teacher, the PyTorch student, or the exported ONNX student."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.data.images import ImagePreprocess
+from core.data.records import CaptionSplit
+from eval.metrics import retrieval_metrics
+from student.encode import encode_split as student_encode
+from student.model import DualEncoder
+from teacher.model import ScanTeacher
+from teacher.scoring import encode_split as teacher_encode
+from teacher.scoring import score_all
+
+
+def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePreprocess | None,
+                 batch_size: int, device: torch.device, progress: bool = True) -> np.ndarray:
+    images, captions = student_encode(model, split, preprocess, batch_size, device, progress)
+    return images @ captions.T
+
+
+def teacher_sims(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None,
+                 batch_size: int, device: torch.device, progress: bool = True) -> np.ndarray:
+    images, captions = teacher_encode(teacher, split, preprocess, batch_size, device, progress)
+    return score_all(teacher, images, captions, progress=progress)
+
+
+def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, providers: list[str] | None = None) -> np.ndarray:
+    from export.runtime import OnnxStudent
+
+    student = OnnxStudent(export_dir, providers=providers)
+    if split.features is not None:
+        images = student.encode_regions(np.asarray(split.features, dtype=np.float32), batch_size)
+    else:
+        images = student.encode_image_files(split.image_paths, batch_size)
+    return images @ student.encode_text(list(split.captions), batch_size).T
+
+
+def metrics_for(sims: np.ndarray, split: CaptionSplit, folds: int = 1) -> dict[str, float]:
+    return retrieval_metrics(sims, split.captions_per_image, folds)

@@ -1,0 +1,60 @@
+"""Which machine a measurement ran on: every benchmark result carries this."""
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU, cores, memory, GPU (if any) and library versions."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": _memory_gib(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {p: _version(p) for p in ("torch", "timm", "sentence-transformers", "transformers",
+                                              "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")},
+    }
+    info["versions"] = {k: v for k, v in info["versions"].items() if v}
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line for reports."""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
+    return f"{info['cpu']} ({info['cpu_count']} cores, {info.get('memory_gib')} GiB){gpu}; {info['platform']}"

@@ -1,0 +1,58 @@
+"""Retrieval metrics under the standard image-text protocol (Flickr30K 1K, COCO 5K / 1K)."""
+from __future__ import annotations
+
+import numpy as np
+
+KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
+        "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum")
+
+
+def ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the ground truth: (per image, best of its captions; per caption, its image).
+
+    A rank counts the candidates that score strictly higher, so ties favour the ground truth.
+    """
+    sims = np.asarray(sims)
+    n_img, n_cap = sims.shape
+    k = captions_per_image
+    if n_cap != n_img * k:
+        raise ValueError(f"sims has shape {sims.shape}; expected {n_img * k} captions ({k} per image)")
+    if not np.isfinite(sims).all():
+        raise ValueError("sims contains NaN or Inf")
+    gt_caption = sims.reshape(n_img, n_img, k)[np.arange(n_img), np.arange(n_img)]  # (n_img, k)
+    i2t = (sims > gt_caption.max(axis=1, keepdims=True)).sum(axis=1)
+    gt_image = sims[np.arange(n_cap) // k, np.arange(n_cap)]  # (n_cap,)
+    t2i = (sims > gt_image[None, :]).sum(axis=0)
+    return i2t, t2i
+
+
+def _summary(prefix: str, r: np.ndarray) -> dict[str, float]:
+    out = {f"{prefix}_r{k}": 100.0 * float(np.mean(r < k)) for k in (1, 5, 10)}
+    out[f"{prefix}_medr"] = float(np.floor(np.median(r)) + 1)
+    out[f"{prefix}_meanr"] = float(np.mean(r) + 1)
+    return out
+
+
+def _single(sims: np.ndarray, k: int) -> dict[str, float]:
+    i2t, t2i = ranks(sims, k)
+    out = {**_summary("i2t", i2t), **_summary("t2i", t2i)}
+    out["rsum"] = sum(out[f"{d}_r{n}"] for d in ("i2t", "t2i") for n in (1, 5, 10))
+    return {key: out[key] for key in KEYS}
+
+
+def retrieval_metrics(sims: np.ndarray, captions_per_image: int = 5, folds: int = 1) -> dict[str, float]:
+    """R@1/5/10 (percent), medr, meanr in both directions and rsum.
+
+    `sims` is (n_images, n_captions) with caption j belonging to image j // captions_per_image.
+    `folds=5` is the COCO 1K protocol: five blocks of n_images/5 images with their captions,
+    metrics averaged over the blocks.
+    """
+    sims = np.asarray(sims)
+    if folds == 1:
+        return _single(sims, captions_per_image)
+    n_img = sims.shape[0]
+    if folds < 1 or n_img % folds:
+        raise ValueError(f"{n_img} images cannot be split into {folds} equal folds")
+    size, k = n_img // folds, captions_per_image
+    results = [_single(sims[f * size:(f + 1) * size, f * size * k:(f + 1) * size * k], k) for f in range(folds)]
+    return {key: float(np.mean([r[key] for r in results])) for key in KEYS}

@@ -1,0 +1,114 @@
+"""`report.md` + `report.json`: accuracy, per-query latency and speed-up of every system of a run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.io import read_json, write_json, write_text
+from eval.machine import describe
+
+METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx")
+
+
+def _latency(bench: dict, system: str, backend: str, device: str = "cpu") -> dict | None:
+    return next((r for r in bench.get("rows", []) if r["measure"] == "retrieval" and r["system"] == system
+                 and r["backend"] == backend and r["device"] == device), None)
+
+
+def _label(group: str, entries: list[dict]) -> str:
+    losses = entries[0].get("losses", [])
+    if group == "teacher":
+        return "Teacher: SCAN cross attention"
+    if group == "onnx":
+        return f"ONNX student ({entries[0].get('source', 'student')}, onnxruntime)"
+    name = "Student, no distillation" if group == "baseline" else "Student, distilled"
+    return f"{name} ({' + '.join(losses)})" if losses else name
+
+
+def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
+    """Group evaluated systems, average over seeds, attach latency and speed-up over the teacher."""
+    groups: dict[str, list[dict]] = {}
+    for entry in results["systems"]:
+        groups.setdefault(entry["group"], []).append(entry)
+    bench = bench or {}
+    teacher_row = _latency(bench, "teacher", "pytorch")
+    rows = []
+    for group in sorted(groups, key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER)):
+        entries = groups[group]
+        values = {k: [e["metrics"][k] for e in entries] for k in entries[0]["metrics"]}
+        backend = "onnxruntime" if group == "onnx" else "pytorch"
+        latency = _latency(bench, "teacher" if group == "teacher" else "student", backend)
+        row = {
+            "group": group,
+            "label": _label(group, entries),
+            "seeds": [e.get("seed") for e in entries],
+            "mean": {k: float(np.mean(v)) for k, v in values.items()},
+            "std": {k: float(np.std(v)) for k, v in values.items()},
+            "latency_p50_ms": latency["p50_ms"] if latency else None,
+            "latency_backend": f"{backend} {latency['device']}" if latency else None,
+            "speedup_vs_teacher": (teacher_row["p50_ms"] / latency["p50_ms"]) if latency and teacher_row else None,
+        }
+        rows.append(row)
+    by_group = {r["group"]: r for r in rows}
+    checks = {}
+    if "baseline" in by_group:
+        base = by_group["baseline"]["mean"]["rsum"]
+        if "teacher" in by_group:
+            checks["teacher_rsum_above_baseline"] = by_group["teacher"]["mean"]["rsum"] > base
+        if "distilled" in by_group:
+            checks["distilled_rsum_above_baseline"] = by_group["distilled"]["mean"]["rsum"] > base
+    if "onnx" in by_group:
+        checks["onnx_metrics_equal_pytorch"] = groups["onnx"][0].get("max_metric_difference_vs_pytorch") == 0.0
+    return {"split": results["split"], "folds": results.get("folds", 1), "gallery_images": results.get("gallery_images"),
+            "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
+            [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"]}
+
+
+def _fmt(row: dict, key: str) -> str:
+    mean, std = row["mean"][key], row["std"][key]
+    return f"{mean:.1f} ± {std:.1f}" if len(row["seeds"]) > 1 else f"{mean:.1f}"
+
+
+def to_markdown(summary: dict, command: str) -> str:
+    lines = [
+        "# itr-distill report",
+        "",
+        f"Split: `{summary['split']}` ({summary['gallery_images']} images, 5 captions each), "
+        f"{'COCO 1K 5-fold' if summary['folds'] == 5 else 'all pairs'}. Students: mean ± std over seeds.",
+        "Latency: one text query against the whole split's gallery (features precomputed), p50.",
+        "",
+        "| System | seeds | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | rsum | latency ms (p50) | speed-up vs teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["systems"]:
+        seeds = ",".join(str(s) for s in row["seeds"] if s is not None) or "-"
+        latency = f"{row['latency_p50_ms']:.2f} ({row['latency_backend']})" if row["latency_p50_ms"] is not None else "-"
+        speed = f"{row['speedup_vs_teacher']:.1f}x" if row["speedup_vs_teacher"] is not None else "-"
+        lines.append(f"| {row['label']} | {seeds} | " + " | ".join(_fmt(row, k) for k in METRIC_COLUMNS)
+                     + f" | {latency} | {speed} |")
+    if summary["caption_encoding"]:
+        lines += ["", "Batch-1 caption encoding (student):", "",
+                  "| backend | device | p50 ms | p95 ms |", "|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['device']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |" for r in summary["caption_encoding"]]
+    if summary["checks"]:
+        lines += ["", "Checks:", ""] + [f"- {name}: {'yes' if ok else 'NO'}" for name, ok in summary["checks"].items()]
+    if summary.get("machine"):
+        lines += ["", f"Machine: {describe(summary['machine'])}."]
+    lines += ["", f"Reproduce: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
+    """Read `eval/results.json` and `bench/latency.json` of a run; write `report.json` and `report.md`."""
+    run_dir = Path(run_dir)
+    results = read_json(run_dir / "eval" / "results.json")
+    bench_path = run_dir / "bench" / "latency.json"
+    bench = read_json(bench_path) if bench_path.exists() else None
+    summary = summarise(results, bench)
+    summary["command"] = command
+    write_json(run_dir / "report.json", summary)
+    write_text(run_dir / "report.md", to_markdown(summary, command))
+    return summary

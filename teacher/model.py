@@ -1,0 +1,69 @@
+"""The interactive teacher: towers, token projections, SCAN scoring of every pair."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.config import TeacherConfig
+from core.towers.heads import TwoTowerModel, make_projection
+from teacher.attention import scan_similarity
+
+
+@dataclass
+class EncodedSide:
+    """L2-normalised tokens and mask of a set of images or captions, plus an optional global vector."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __getitem__(self, idx) -> "EncodedSide":
+        return EncodedSide(self.tokens[idx], self.mask[idx], None if self.pooled is None else self.pooled[idx])
+
+
+class ScanTeacher(TwoTowerModel):
+    """Projects tower tokens into a joint space and scores pairs with SCAN cross attention.
+
+    With `global_weight > 0` the score adds a global term (cosine of the projected pooled vectors),
+    which a fine-grained head learned from scratch can lean on while its attention is still weak.
+    """
+
+    def __init__(self, cfg: TeacherConfig, image_tower: nn.Module, text_tower: nn.Module):
+        super().__init__(image_tower, text_tower)
+        self.cfg = cfg
+        self.region_proj = make_projection(image_tower.out_dim, cfg.embed_dim, cfg.projection)
+        self.word_proj = make_projection(text_tower.out_dim, cfg.embed_dim, cfg.projection)
+        if cfg.global_weight > 0:
+            self.image_global = nn.Linear(image_tower.out_dim, cfg.embed_dim)
+            self.text_global = nn.Linear(text_tower.out_dim, cfg.embed_dim)
+
+    def _side(self, out, proj: nn.Module, glob: str) -> EncodedSide:
+        tokens = F.normalize(proj(out.tokens), dim=-1)
+        pooled = F.normalize(getattr(self, glob)(out.pooled), dim=-1) if self.cfg.global_weight > 0 else None
+        return EncodedSide(tokens, out.mask, pooled)
+
+    def encode_images(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> EncodedSide:
+        return self._side(self.image_tower(images, image_mask), self.region_proj, "image_global")
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
+        return self._side(self.text_tower(input_ids, attention_mask), self.word_proj, "text_global")
+
+    def score(self, images: EncodedSide, captions: EncodedSide) -> torch.Tensor:
+        """Similarity of every image with every caption: (n_img, n_cap)."""
+        scan = self.cfg.scan
+        sims = scan_similarity(
+            images.tokens, images.mask, captions.tokens, captions.mask, direction=scan.direction,
+            aggregation=scan.aggregation, lambda_softmax=scan.lambda_softmax, lambda_lse=scan.lambda_lse,
+            max_chunk_elements=scan.max_chunk_elements,
+        )
+        if self.cfg.global_weight > 0:
+            sims = sims + self.cfg.global_weight * images.pooled @ captions.pooled.T
+        return sims
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        images = self.encode_images(batch.images, batch.image_mask)
+        captions = self.encode_text(batch.input_ids, batch.attention_mask)
+        return {"sims": self.score(images, captions)}
