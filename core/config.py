@@ -177,7 +177,7 @@ class ScanConfig:
     aggregation: Literal["lse", "mean"] = "lse"
     lambda_softmax: float = 9.0
     lambda_lse: float = 6.0
-    max_chunk_elements: int = 1 << 24  # word-region logits per block: bounds peak memory
+    max_chunk_elements: int = 1 << 20  # word-region logits per block: bounds memory; ~1M fits the CPU cache
 
     def problems(self) -> list[str]:
         return _positive(self, "lambda_softmax", "lambda_lse", "max_chunk_elements")
@@ -223,11 +223,19 @@ class KDLossConfig:
     """In-batch ListNet distillation from the teacher's scores (ALADIN), both directions."""
 
     weight: float = 1.0
-    teacher_temperature: float = 0.05
+    # SCAN scores of one batch often differ by only a few hundredths, and their spread changes
+    # from teacher to teacher: a fixed temperature is either flat or one-hot. 'auto' measures the
+    # teacher's in-batch score spread on the score cache and sets the temperature so that the
+    # teacher's logits have a standard deviation of `teacher_logit_std` (logged and recorded).
+    teacher_temperature: float | Literal["auto"] = "auto"
+    teacher_logit_std: float = 6.0
     student_scale: float = 20.0
 
     def problems(self) -> list[str]:
-        return _non_negative(self, "weight") + _positive(self, "teacher_temperature", "student_scale")
+        out = _non_negative(self, "weight") + _positive(self, "teacher_logit_std", "student_scale")
+        if self.teacher_temperature != "auto" and not self.teacher_temperature > 0:
+            out.append(f"teacher_temperature: must be > 0 or 'auto', got {self.teacher_temperature}")
+        return out
 
 
 @dataclass
@@ -254,10 +262,15 @@ class LossesConfig:
 class StudentConfig:
     """The dual encoder that ships: towers, pooling, projection, L2-normalised embeddings."""
 
-    image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
-    text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
+    image_tower: ImageTowerConfig = field(default_factory=lambda: ImageTowerConfig(
+        model_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16, "output_stride": 16}))
+    text_tower: TextTowerConfig = field(default_factory=lambda: TextTowerConfig(
+        scratch=ScratchTextConfig(hidden_size=64, intermediate_size=128)))
     embed_dim: int = 128
     projection: Literal["linear", "mlp"] = "linear"
+    # tower: the image tower's own pooled vector; flatten: grid tokens concatenated in order
+    # (keeps positions, which average pooling loses; needs a fixed-size grid tower)
+    image_pooling: Literal["tower", "flatten"] = "flatten"
     train: TrainConfig = field(default_factory=TrainConfig)
     losses: LossesConfig = field(default_factory=LossesConfig)
 

@@ -26,7 +26,7 @@ def build(cls: type, raw: Any, source: str = "config") -> Any:
     """Convert `raw` (parsed YAML) to an instance of dataclass `cls`, or raise ConfigError."""
     problems: list[str] = []
     obj = _convert(cls, raw, "", problems)
-    if not problems:
+    if obj is not None:
         _check(obj, "", problems)
     if problems:
         raise ConfigError(problems, source)
@@ -79,7 +79,10 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in value:
-                kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{path}{f.name}.", problems)
+                before = len(problems)
+                converted = _convert(hints[f.name], value[f.name], f"{path}{f.name}.", problems)
+                if len(problems) == before:  # a field that failed keeps its default, so checks still run
+                    kwargs[f.name] = converted
         try:
             return tp(**kwargs)
         except TypeError as exc:  # a required field is missing

@@ -9,6 +9,7 @@ become `model.safetensors`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from core.progress import progress as bar
 
 from core.checkpoint import save_torch_state, save_weights
 from core.config import TrainConfig
@@ -27,8 +28,10 @@ from core.data.loading import Batch, pair_loader
 from core.data.records import CaptionSplit
 from core.io import write_json
 from core.seeding import seed_everything
+from core.towers.frozen import NOT_FROZEN, Frozen
 from distill.losses import Objective
 
+log = logging.getLogger("itr_distill")
 TeacherScores = Callable[[Batch], torch.Tensor]
 Evaluate = Callable[[nn.Module], dict]
 
@@ -71,8 +74,13 @@ def _schedule(settings: TrainConfig, total_steps: int) -> Callable[[int], float]
 def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, preprocess: ImagePreprocess | None,
         settings: TrainConfig, out_dir: str | Path, seed: int, device: torch.device,
         lr_scales: dict[str, float] | None = None, teacher_scores: TeacherScores | None = None,
-        evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True) -> FitResult:
-    """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`."""
+        evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True,
+        frozen: Frozen = NOT_FROZEN) -> FitResult:
+    """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`.
+
+    `frozen` holds cached outputs of frozen towers for `train_split` (see core.towers.frozen):
+    their inputs are then neither loaded nor run through the tower.
+    """
     out_dir = Path(out_dir)
     if objective.needs_teacher and teacher_scores is None:
         raise ValueError("the objective has a distillation term but no teacher scores were given")
@@ -80,7 +88,8 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     model.to(device)
     objective.to(device)
     loader = pair_loader(train_split, preprocess, model.tokenize, settings.batch_size, generator=generator,
-                         batching=settings.batching, group_size=settings.group_size, seed=seed)
+                         batching=settings.batching, group_size=settings.group_size, seed=seed,
+                         load_images=frozen[0] is None)
     if len(loader) == 0:
         raise ValueError(f"{train_split.source}: {train_split.n_captions} captions give no full batch of {settings.batch_size}")
     optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
@@ -92,14 +101,18 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     history: list[dict] = []
     best_epoch, best_rsum, step = settings.epochs, -math.inf, 0
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log_file:
         for epoch in range(1, settings.epochs + 1):
             objective.set_epoch(epoch)
             model.train()
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{settings.epochs}", disable=not progress, leave=False)
-            for batch in bar:
+            steps = bar(loader, f"{desc} epoch {epoch}/{settings.epochs}", progress)
+            for batch in steps:
+                if frozen[0] is not None:
+                    batch.image_features = frozen[0].take(batch.image_index)
+                if frozen[1] is not None:
+                    batch.text_features = frozen[1].take(batch.caption_index)
                 batch = batch.to(device)
                 out = model(batch)
                 t_sims = teacher_scores(batch).to(device) if objective.needs_teacher else None
@@ -118,8 +131,8 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
                 parts["total"] = float(total.detach())
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                log.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts}) + "\n")
-                bar.set_postfix(loss=f"{parts['total']:.3f}")
+                log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts}) + "\n")
+                steps.set_postfix(loss=f"{parts['total']:.3f}")
             record = {"epoch": epoch, "steps": step, "seconds": round(time.perf_counter() - started, 2),
                       "loss": {k: v / len(loader) for k, v in sums.items()}}
             if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
@@ -127,8 +140,12 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
                 if settings.select == "best_val" and record["val"]["rsum"] > best_rsum:
                     best_rsum, best_epoch = record["val"]["rsum"], epoch
             history.append(record)
-            log.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
-            log.flush()
+            terms = ", ".join(f"{k} {v:.3f}" for k, v in record["loss"].items() if k != "total")
+            val = f", val rsum {record['val']['rsum']:.1f}" if "val" in record else ""
+            log.info("%s epoch %d/%d: loss %.3f (%s)%s, %.0f s", desc, epoch, settings.epochs,
+                     record["loss"]["total"], terms, val, record["seconds"])
+            log_file.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
+            log_file.flush()
             _save_epoch(out_dir / "checkpoints" / f"epoch_{epoch:03d}", model, objective, optimizer, scheduler, record)
             _prune(out_dir / "checkpoints", keep={epoch, best_epoch}, keep_last=settings.keep_checkpoints)
     if settings.select == "last":

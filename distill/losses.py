@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +61,24 @@ def listnet(student_sims: torch.Tensor, teacher_sims: torch.Tensor, image_index:
     t = (teacher_sims.to(student_sims.dtype) / teacher_temperature).masked_fill(excluded, float("-inf"))
     s = (student_sims * student_scale).masked_fill(excluded, float("-inf"))
     return (_soft_cross_entropy(t, s, dim=1) + _soft_cross_entropy(t, s, dim=0)) / 2
+
+
+def calibrated_teacher_temperature(scores: np.ndarray, captions_per_image: int, batch_size: int,
+                                   logit_std: float, seed: int = 0, batches: int = 32) -> tuple[float, float]:
+    """(temperature, spread): the temperature at which the teacher's scores of random in-batch
+    pairs have a per-row standard deviation of `logit_std`, and that measured spread."""
+    rng = np.random.default_rng(seed)
+    n_img = scores.shape[0]
+    size = min(batch_size, n_img)
+    spreads = []
+    for _ in range(batches):
+        images = np.sort(rng.choice(n_img, size, replace=False))
+        captions = images * captions_per_image + rng.integers(0, captions_per_image, size=size)
+        spreads.append(np.asarray(scores[np.ix_(images, captions)], dtype=np.float64).std(axis=1).mean())
+    spread = float(np.mean(spreads))
+    if not spread > 1e-8:
+        raise ValueError("the teacher's scores do not vary within a batch: nothing to distil")
+    return spread / logit_std, spread
 
 
 def context_alignment(global_vec: torch.Tensor, local: torch.Tensor, local_mask: torch.Tensor,
@@ -172,8 +191,14 @@ class Objective(nn.Module):
         return total, {name: float(v.detach()) for name, v in values.items()}
 
 
+def uses_teacher(cfg: LossesConfig) -> bool:
+    return cfg.kd.weight > 0
+
+
 def student_objective(cfg: LossesConfig) -> Objective:
     """The student's terms with a positive weight: contrastive (or hinge), KD, alignment."""
+    if uses_teacher(cfg) and cfg.kd.teacher_temperature == "auto":
+        raise ValueError("kd.teacher_temperature 'auto' must be resolved from the score cache first")
     c = cfg.contrastive
     terms: list[LossTerm] = []
     if c.weight > 0:

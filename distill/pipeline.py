@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, save_config
-from distill.losses import student_objective
+from distill.losses import uses_teacher
 from distill.stages import (VARIANTS, stage_bench, stage_data, stage_distill, stage_eval, stage_export, stage_report,
                             stage_teacher_fit, stage_teacher_score, variant_config)
 
@@ -21,7 +21,7 @@ def run_pipeline(cfg: Config, command: str, force: bool = False) -> dict[str, An
     stage_data(cfg, force)
     stage_teacher_fit(cfg, force)
     variants = VARIANTS if cfg.experiment.baseline else ("distilled",)
-    if any(student_objective(variant_config(cfg, v).losses).needs_teacher for v in variants):
+    if any(uses_teacher(variant_config(cfg, v).losses) for v in variants):
         stage_teacher_score(cfg, "train", force)
     for seed in cfg.experiment.seeds:
         for variant in variants:

@@ -4,6 +4,7 @@
   <run_dir>/data/                          generated dataset (synthetic format only)
   <run_dir>/data.json                      split sizes and fingerprints
   <run_dir>/text_models/scratch-<hash>/    text models trained from scratch (sentence-transformers dirs)
+  <run_dir>/features/<key>/                cached outputs of frozen towers (tokens.npy, mask.npy, pooled.npy)
   <run_dir>/teacher/                       model.json, model.safetensors, training.json, train_log.jsonl, checkpoints/
   <run_dir>/scores/<split>/                teacher score cache (manifest.json, scores.npy)
   <run_dir>/students/<variant>-seed<k>/    like teacher/
@@ -29,6 +30,7 @@ from core.checkpoint import load_weights
 from core.config import StudentConfig, TeacherConfig, TextTowerConfig
 from core.data.records import CaptionSplit
 from core.io import read_json, sha256_json, write_json
+from core.paths import resolve_path
 from core.schema import build, to_dict
 from core.towers import build_towers
 from core.towers.scratch_text import build_scratch_text_model, scratch_model_dir
@@ -50,6 +52,7 @@ class RunPaths:
     text_models = property(lambda self: self.root / "text_models")
     teacher = property(lambda self: self.root / "teacher")
     export = property(lambda self: self.root / "export")
+    features = property(lambda self: self.root / "features")
     eval_results = property(lambda self: self.root / "eval" / "results.json")
     bench = property(lambda self: self.root / "bench" / "latency.json")
 
@@ -73,7 +76,7 @@ def up_to_date(directory: Path, key: dict[str, Any]) -> bool:
 def text_source(paths: RunPaths, tower: TextTowerConfig, train: CaptionSplit) -> str:
     """The sentence-transformers source of a text tower; builds the scratch model on first use."""
     if tower.model != "scratch":
-        return tower.model
+        return resolve_path(tower.model)
     directory = scratch_model_dir(paths.text_models, tower.scratch, tower.max_length, train.fingerprint())
     if not (directory / "modules.json").is_file():
         log.info("building scratch text model (WordPiece tokenizer from %d training captions) in %s",

@@ -6,6 +6,7 @@ import torch
 
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
+from core.towers.frozen import NOT_FROZEN, Frozen
 from eval.metrics import retrieval_metrics
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
@@ -14,15 +15,15 @@ from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
 
 
-def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePreprocess | None,
-                 batch_size: int, device: torch.device, progress: bool = True) -> np.ndarray:
-    images, captions = student_encode(model, split, preprocess, batch_size, device, progress)
+def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
+                 device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN) -> np.ndarray:
+    images, captions = student_encode(model, split, preprocess, batch_size, device, progress, frozen)
     return images @ captions.T
 
 
-def teacher_sims(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None,
-                 batch_size: int, device: torch.device, progress: bool = True) -> np.ndarray:
-    images, captions = teacher_encode(teacher, split, preprocess, batch_size, device, progress)
+def teacher_sims(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
+                 device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN) -> np.ndarray:
+    images, captions = teacher_encode(teacher, split, preprocess, batch_size, device, progress, frozen)
     return score_all(teacher, images, captions, progress=progress)
 
 

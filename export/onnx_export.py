@@ -101,6 +101,7 @@ def _text_batches(texts: list[str], batch_sizes: list[int], max_length: int) -> 
 def parity_gate(student: DualEncoder, image_path: Path, text_path: Path, sample_images: torch.Tensor,
                 sample_masks: torch.Tensor | None, sample_texts: list[str], cfg: ExportConfig) -> dict[str, Any]:
     """Compare PyTorch and ONNX Runtime embeddings; raise ExportParityError below `cfg.parity_min_cosine`."""
+    student.eval()  # the torchscript exporter restores a wrapper's training flag onto its children
     image_sess, text_sess = _session(image_path), _session(text_path)
     image_cos, image_diff, text_cos, text_diff = 1.0, 0.0, 1.0, 0.0
     lengths: set[int] = set()
@@ -149,13 +150,13 @@ def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig,
     with atomic_dir(out_dir) as tmp:
         image_path, text_path = tmp / "image_encoder.onnx", tmp / "text_encoder.onnx"
         if sample_masks is None:
-            _export(_ImageGraph(student), (sample_images[:2],), ["pixel_values"], {"pixel_values": {0: "batch"}},
+            _export(_ImageGraph(student).eval(), (sample_images[:2],), ["pixel_values"], {"pixel_values": {0: "batch"}},
                     image_path, cfg.exporter, cfg.opset)
         else:
-            _export(_RegionGraph(student), (sample_images[:2], sample_masks[:2]), ["regions", "region_mask"],
+            _export(_RegionGraph(student).eval(), (sample_images[:2], sample_masks[:2]), ["regions", "region_mask"],
                     {"regions": {0: "batch"}, "region_mask": {0: "batch"}}, image_path, cfg.exporter, cfg.opset)
         tokens = student.tokenize(sample_texts[:2])
-        _export(_TextGraph(student), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
+        _export(_TextGraph(student).eval(), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
                 {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
                 text_path, cfg.exporter, cfg.opset)
         parity = parity_gate(student, image_path, text_path, sample_images, sample_masks, sample_texts, cfg)

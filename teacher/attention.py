@@ -47,7 +47,7 @@ def _block_scores(
         qnorm = region_norm[:, None, :]
         agg_mask = region_mask[:, None, :]
     attn = F.leaky_relu(raw, 0.1) * qmask
-    attn = attn / (attn.pow(2).sum(dim=2, keepdim=True).sqrt() + EPS)
+    attn = attn / (torch.linalg.vector_norm(attn, dim=2, keepdim=True) + EPS)  # zero gradient at 0, unlike sqrt
     attn = (lambda_softmax * attn).masked_fill(~kmask, float("-inf"))
     alpha = torch.softmax(attn, dim=-1)
     dot = (alpha * raw).sum(-1)  # <query_j, attended_j>
@@ -55,7 +55,7 @@ def _block_scores(
         alpha_gram = torch.einsum("icqk,ikm->icqm", alpha, region_gram)
     else:
         alpha_gram = torch.einsum("icqk,ckm->icqm", alpha, word_gram)
-    attended_norm = (alpha_gram * alpha).sum(-1).clamp_min(0).sqrt()
+    attended_norm = (alpha_gram * alpha).sum(-1).clamp_min(EPS * EPS).sqrt()
     relevance = dot / (attended_norm * qnorm).clamp_min(EPS)
     if aggregation == "lse":
         relevance = (lambda_lse * relevance).masked_fill(~agg_mask, float("-inf"))
@@ -73,7 +73,7 @@ def scan_similarity(
     aggregation: Literal["lse", "mean"] = "lse",
     lambda_softmax: float = 9.0,
     lambda_lse: float = 6.0,
-    max_chunk_elements: int = 1 << 24,
+    max_chunk_elements: int = 1 << 20,
 ) -> torch.Tensor:
     """SCAN similarity of every image with every caption: (n_img, n_cap).
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from core.config import TeacherConfig
 from core.towers.heads import TwoTowerModel, make_projection
+from core.towers.image import TokenOutput
 from teacher.attention import scan_similarity
 
 
@@ -40,16 +41,22 @@ class ScanTeacher(TwoTowerModel):
             self.image_global = nn.Linear(image_tower.out_dim, cfg.embed_dim)
             self.text_global = nn.Linear(text_tower.out_dim, cfg.embed_dim)
 
-    def _side(self, out, proj: nn.Module, glob: str) -> EncodedSide:
+    def images_from(self, out: TokenOutput) -> EncodedSide:
+        return self._side(out, self.region_proj, "image_global")
+
+    def captions_from(self, out: TokenOutput) -> EncodedSide:
+        return self._side(out, self.word_proj, "text_global")
+
+    def _side(self, out: TokenOutput, proj: nn.Module, glob: str) -> EncodedSide:
         tokens = F.normalize(proj(out.tokens), dim=-1)
         pooled = F.normalize(getattr(self, glob)(out.pooled), dim=-1) if self.cfg.global_weight > 0 else None
         return EncodedSide(tokens, out.mask, pooled)
 
     def encode_images(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> EncodedSide:
-        return self._side(self.image_tower(images, image_mask), self.region_proj, "image_global")
+        return self.images_from(self.image_tower(images, image_mask))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
-        return self._side(self.text_tower(input_ids, attention_mask), self.word_proj, "text_global")
+        return self.captions_from(self.text_tower(input_ids, attention_mask))
 
     def score(self, images: EncodedSide, captions: EncodedSide) -> torch.Tensor:
         """Similarity of every image with every caption: (n_img, n_cap)."""
@@ -64,6 +71,5 @@ class ScanTeacher(TwoTowerModel):
         return sims
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
-        images = self.encode_images(batch.images, batch.image_mask)
-        captions = self.encode_text(batch.input_ids, batch.attention_mask)
-        return {"sims": self.score(images, captions)}
+        image, text = self.tower_outputs(batch)
+        return {"sims": self.score(self.images_from(image), self.captions_from(text))}

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from core.progress import progress as bar
 
 from core.data.images import ImagePreprocess
-from core.data.loading import caption_batches, image_loader
 from core.data.records import CaptionSplit
+from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
 from teacher.model import EncodedSide, ScanTeacher
 
 
@@ -21,16 +21,15 @@ def _pad_cat(sides: list[EncodedSide]) -> EncodedSide:
 
 
 @torch.no_grad()
-def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None,
-                 batch_size: int, device: torch.device, progress: bool = True) -> tuple[EncodedSide, EncodedSide]:
+def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
+                 device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN) -> tuple[EncodedSide, EncodedSide]:
     """The teacher's token features for every image and every caption of a split."""
     was_training = teacher.training
     teacher.eval()
-    images = [teacher.encode_images(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device))
-              for b in tqdm(image_loader(split, preprocess, batch_size), desc="teacher images", disable=not progress, leave=False)]
-    captions = [teacher.encode_text(b.input_ids.to(device), b.attention_mask.to(device))
-                for b in tqdm(caption_batches(split, teacher.tokenize, batch_size), desc="teacher captions",
-                              disable=not progress, leave=False, total=-(-split.n_captions // batch_size))]
+    images = [teacher.images_from(o) for o in split_outputs(teacher, split, "image", preprocess, batch_size, device,
+                                                            frozen[0], progress)]
+    captions = [teacher.captions_from(o) for o in split_outputs(teacher, split, "text", preprocess, batch_size, device,
+                                                                frozen[1], progress)]
     teacher.train(was_training)
     return _pad_cat(images), _pad_cat(captions)
 
@@ -40,6 +39,6 @@ def score_all(teacher: ScanTeacher, images: EncodedSide, captions: EncodedSide, 
               progress: bool = True) -> np.ndarray:
     """(n_img, n_cap) float32 teacher scores, computed in blocks of images (progress per block)."""
     out = np.empty((images.tokens.shape[0], captions.tokens.shape[0]), dtype=np.float32)
-    for start in tqdm(range(0, len(out), block), desc="teacher scoring", disable=not progress, leave=False):
+    for start in bar(range(0, len(out), block), "teacher scoring", progress):
         out[start:start + block] = teacher.score(images[start:start + block], captions).float().cpu().numpy()
     return out

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ class Batch:
     attention_mask: torch.Tensor | None = None
     image_index: torch.Tensor | None = None
     caption_index: torch.Tensor | None = None
+    # Outputs of frozen towers, looked up from a cache instead of recomputed (see core.towers.frozen).
+    image_features: Any = None
+    text_features: Any = None
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
@@ -39,36 +42,52 @@ class Batch:
         return int(ref.shape[0])
 
 
-def _move(value: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if value is None else value.to(device, non_blocking=True)
+def _move(value: Any, device: torch.device) -> Any:
+    return None if value is None else value.to(device)
+
+
+MEMORY_CACHE_BYTES = 1 << 30
 
 
 class ImageSource:
-    """Loads image `i` of a split as a tensor: preprocessed pixels, or region features."""
+    """Loads image `i` of a split as a tensor: preprocessed pixels, or region features.
+
+    Decoded, preprocessed images are kept in memory when the whole split fits in
+    MEMORY_CACHE_BYTES, so epochs after the first decode nothing (training visits each image
+    once per caption).
+    """
 
     def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None):
         if split.image_paths is not None and preprocess is None:
             raise ValueError(f"{split.source}: an image split needs an image preprocessing spec")
         self.split, self.preprocess = split, preprocess
+        fits = preprocess is not None and split.n_images * 3 * preprocess.size ** 2 * 4 <= MEMORY_CACHE_BYTES
+        self.cache: dict[int, torch.Tensor] | None = {} if fits else None
 
     def __call__(self, i: int) -> torch.Tensor:
         if self.split.features is not None:
             return torch.from_numpy(np.asarray(self.split.features[i], dtype=np.float32))
-        return torch.from_numpy(self.preprocess(load_image(self.split.image_paths[i])))
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        pixels = torch.from_numpy(self.preprocess(load_image(self.split.image_paths[i])))
+        if self.cache is not None:
+            self.cache[i] = pixels
+        return pixels
 
 
 class PairDataset(Dataset):
-    """One item per caption: (image, caption text, image index, caption index)."""
+    """One item per caption: (image or None, caption text, image index, caption index)."""
 
-    def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None):
-        self.split, self.load = split, ImageSource(split, preprocess)
+    def __init__(self, split: CaptionSplit, preprocess: ImagePreprocess | None, load_images: bool = True):
+        self.split = split
+        self.load = ImageSource(split, preprocess) if load_images else None
 
     def __len__(self) -> int:
         return self.split.n_captions
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, str, int, int]:
+    def __getitem__(self, j: int) -> tuple[torch.Tensor | None, str, int, int]:
         i = j // self.split.captions_per_image
-        return self.load(i), self.split.captions[j], i, j
+        return (self.load(i) if self.load else None), self.split.captions[j], i, j
 
 
 class ImageGallery(Dataset):
@@ -84,7 +103,9 @@ class ImageGallery(Dataset):
         return self.load(i), i
 
 
-def _stack_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _stack_images(images: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if images[0] is None:  # a frozen image tower's outputs come from its cache
+        return None, None
     stacked = torch.stack(images)
     if stacked.ndim == 3:  # region features: every region of a precomputed set is valid
         return stacked, torch.ones(stacked.shape[:2], dtype=torch.bool)
@@ -93,7 +114,8 @@ def _stack_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokenize: Tokenize,
                 batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
-                num_workers: int = 0, batching: str = "random", group_size: int = 4, seed: int = 0) -> DataLoader:
+                num_workers: int = 0, batching: str = "random", group_size: int = 4, seed: int = 0,
+                load_images: bool = True) -> DataLoader:
     """Caption-level pairs, tokenised by `tokenize`.
 
     `batching='random'` shuffles captions (`generator` fixes the order); `'lexical'` fills batches
@@ -107,7 +129,7 @@ def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokeniz
         return Batch(pixels, mask, tokens["input_ids"], tokens["attention_mask"],
                      torch.tensor(img_idx), torch.tensor(cap_idx))
 
-    dataset = PairDataset(split, preprocess)
+    dataset = PairDataset(split, preprocess, load_images)
     if batching == "lexical":
         sampler = LexicalBatches(split.captions, split.captions_per_image, batch_size, group_size, seed)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

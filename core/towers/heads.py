@@ -36,3 +36,9 @@ class TwoTowerModel(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict:
         return self.text_tower.tokenize(texts)
+
+    def tower_outputs(self, batch) -> tuple:
+        """Both towers' outputs for a batch, taken from the batch when a frozen tower's cache supplied them."""
+        image = batch.image_features if batch.image_features is not None else self.image_tower(batch.images, batch.image_mask)
+        text = batch.text_features if batch.text_features is not None else self.text_tower(batch.input_ids, batch.attention_mask)
+        return image, text

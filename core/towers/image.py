@@ -10,6 +10,7 @@ from torch import nn
 
 from core.config import ImageTowerConfig
 from core.data.images import ImagePreprocess
+from core.paths import resolve_path
 from core.weights import load_state_dict_file
 
 
@@ -20,6 +21,9 @@ class TokenOutput:
     tokens: torch.Tensor  # (B, T, C)
     mask: torch.Tensor  # (B, T) bool, True = valid
     pooled: torch.Tensor  # (B, C)
+
+    def to(self, device: torch.device) -> "TokenOutput":
+        return TokenOutput(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
@@ -59,7 +63,7 @@ class TimmImageTower(nn.Module):
         super().__init__()
         model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **cfg.model_kwargs)
         if cfg.weights:
-            load_backbone_weights(model, cfg.weights)
+            load_backbone_weights(model, resolve_path(cfg.weights))
         model.reset_classifier(0)
         self.model = model
         self.out_dim = int(model.num_features)

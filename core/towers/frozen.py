@@ -1,0 +1,159 @@
+"""Frozen-tower fast path: a frozen tower's outputs for a whole split, computed once, kept on disk.
+
+When a tower does not train, its tokens for a given input never change, so recomputing them every
+epoch (and for every model that shares the tower) is wasted work; on a CPU it is most of the work.
+The outputs are stored as float16 memory-mapped arrays under a key made of the tower's weights,
+its input processing and the split's fingerprint, so the teacher and every student that freeze the
+same pretrained tower share one cache, and a changed tower or dataset never reuses a stale one.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data.images import ImagePreprocess
+from core.data.loading import caption_batches, image_loader
+from core.data.records import CaptionSplit
+from core.io import atomic_dir, read_json, sha256_json, write_json
+from core.progress import progress
+from core.towers.image import TokenOutput
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """Hash of every tensor of a module's state (names, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class FrozenOutputs:
+    """Per-item tower outputs of a split: tokens (N, T, C) and pooled (N, C) float16, mask (N, T)."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    pooled: np.ndarray
+
+    def take(self, index: torch.Tensor, device: torch.device | str = "cpu") -> TokenOutput:
+        """The outputs of items `index`, trimmed to their longest valid token run, as float32."""
+        idx = index.cpu().numpy()
+        mask = np.asarray(self.mask[idx])
+        width = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
+        return TokenOutput(
+            tokens=torch.from_numpy(np.asarray(self.tokens[idx, :width], dtype=np.float32)).to(device),
+            mask=torch.from_numpy(mask[:, :width]).to(device),
+            pooled=torch.from_numpy(np.asarray(self.pooled[idx], dtype=np.float32)).to(device),
+        )
+
+
+def _compute(outputs: Iterable[TokenOutput], n: int, directory: Path, key: dict) -> None:
+    tokens = mask = pooled = None
+    start = 0
+    with atomic_dir(directory) as tmp:
+        for out in outputs:
+            b, t, c = out.tokens.shape
+            if tokens is None:
+                width = t if key["kind"] == "image" else key["max_length"]
+                tokens = np.lib.format.open_memmap(tmp / "tokens.npy", "w+", np.float16, (n, width, c))
+                mask = np.lib.format.open_memmap(tmp / "mask.npy", "w+", np.bool_, (n, width))
+                pooled = np.lib.format.open_memmap(tmp / "pooled.npy", "w+", np.float16, (n, out.pooled.shape[1]))
+                mask[:] = False
+                tokens[:] = 0
+            tokens[start:start + b, :t] = out.tokens.float().cpu().numpy()
+            mask[start:start + b, :t] = out.mask.cpu().numpy()
+            pooled[start:start + b] = out.pooled.float().cpu().numpy()
+            start += b
+        for arr in (tokens, mask, pooled):
+            arr.flush()
+        del tokens, mask, pooled
+        write_json(tmp / "manifest.json", key)
+
+
+def _open(directory: Path) -> FrozenOutputs:
+    load = lambda name: np.load(directory / name, mmap_mode="r")
+    return FrozenOutputs(load("tokens.npy"), load("mask.npy"), load("pooled.npy"))
+
+
+def _cached(root: Path, key: dict, compute) -> FrozenOutputs:
+    directory = Path(root) / sha256_json(key)[:20]
+    if not ((directory / "manifest.json").is_file() and read_json(directory / "manifest.json") == key):
+        compute(directory)
+    return _open(directory)
+
+
+@torch.no_grad()
+def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: ImagePreprocess | None, root: Path,
+                         batch_size: int, device: torch.device) -> FrozenOutputs:
+    """Image-tower outputs for every image of `split` (cached under `root`)."""
+    key = {"kind": "image", "weights": weights_fingerprint(tower), "split": split.fingerprint(),
+           "preprocess": None if preprocess is None else preprocess.to_dict()}
+    tower.eval()
+
+    def run(directory: Path) -> None:
+        batches = progress(image_loader(split, preprocess, batch_size), "frozen image tower")
+        outs = (tower(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device)) for b in batches)
+        _compute(outs, split.n_images, directory, key)
+
+    return _cached(root, key, run)
+
+
+@torch.no_grad()
+def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch_size: int,
+                        device: torch.device) -> FrozenOutputs:
+    """Text-tower outputs for every caption of `split` (cached under `root`)."""
+    key = {"kind": "text", "weights": weights_fingerprint(tower), "split": split.fingerprint(),
+           "max_length": tower.max_length,
+           "tokenizer": sha256_json(sorted(tower.tokenizer.get_vocab().items()))}
+    tower.eval()
+
+    def run(directory: Path) -> None:
+        batches = progress(caption_batches(split, tower.tokenize, batch_size), "frozen text tower",
+                           total=-(-split.n_captions // batch_size))
+        outs = (tower(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches)
+        _compute(outs, split.n_captions, directory, key)
+
+    return _cached(root, key, run)
+
+
+Frozen = tuple["FrozenOutputs | None", "FrozenOutputs | None"]
+NOT_FROZEN: Frozen = (None, None)
+
+
+def split_outputs(model: nn.Module, split: CaptionSplit, side: str, preprocess: ImagePreprocess | None,
+                  batch_size: int, device: torch.device, frozen: FrozenOutputs | None = None,
+                  show: bool = True) -> Iterable[TokenOutput]:
+    """Tower outputs for every image (side='image') or caption (side='text') of a split, in order:
+    looked up in `frozen` when given, else computed by the model's tower."""
+    n = split.n_images if side == "image" else split.n_captions
+    if frozen is not None:
+        for index in progress(torch.arange(n).split(batch_size), f"cached {side} outputs", show):
+            yield frozen.take(index, device)
+    elif side == "image":
+        for b in progress(image_loader(split, preprocess, batch_size), "encode images", show):
+            yield model.image_tower(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device))
+    else:
+        batches = caption_batches(split, model.tokenize, batch_size)
+        for b in progress(batches, "encode captions", show, total=-(-n // batch_size)):
+            yield model.text_tower(b.input_ids.to(device), b.attention_mask.to(device))
+
+
+def frozen_for(model: nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device) -> Frozen:
+    """Cached outputs of whichever towers of a two-tower model are frozen, for `split`."""
+    image = text = None
+    if is_frozen(model.image_tower):
+        image = frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), root, batch_size, device)
+    if is_frozen(model.text_tower):
+        text = frozen_text_outputs(model.text_tower, split, root, batch_size, device)
+    return image, text

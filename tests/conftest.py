@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny synthetic dataset, tiny towers, and a tiny run config (CPU, seconds)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_TOWERS = {
+    "image_tower": {"model_kwargs": {"channels": [8, 16, 16, 32], "stem_width": 8, "output_stride": 16}, "image_size": 32},
+    "text_tower": {"scratch": {"vocab_size": 120, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                               "intermediate_size": 64}, "max_length": 24},
+    "embed_dim": 32,
+    "train": {"epochs": 2, "batch_size": 16, "warmup_steps": 2},
+}
+
+
+def tiny_config_dict(run_dir: Path, data_dir: Path) -> dict:
+    """A complete run that trains in seconds on the tiny synthetic set."""
+    return {
+        "run_dir": str(run_dir),
+        "data": {"format": "synthetic", "path": str(data_dir),
+                 "synthetic": {"n_train": 48, "n_val": 16, "n_test": 16, "image_size": 32}},
+        "teacher": TINY_TOWERS,
+        "student": TINY_TOWERS,
+        "experiment": {"seeds": [0, 1]},
+        "bench": {"warmup": 1, "repeats": 3, "queries": 3},
+    }
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from core.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, n_train=48, n_val=16, n_test=16, image_size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def splits(synthetic_dir):
+    from core.data.karpathy import read_karpathy
+    from core.data.synthetic import JSON_NAME
+
+    return {s: read_karpathy(synthetic_dir / JSON_NAME, synthetic_dir / "images", [s], s) for s in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory, splits) -> Path:
+    from core.config import ScratchTextConfig
+    from core.towers.scratch_text import build_scratch_text_model
+
+    cfg = ScratchTextConfig(**TINY_TOWERS["text_tower"]["scratch"])
+    return build_scratch_text_model(splits["train"].captions, tmp_path_factory.mktemp("text") / "scratch", cfg, 24)
+
+
+@pytest.fixture()
+def tiny_student(text_model_dir):
+    import torch
+
+    from core.config import StudentConfig
+    from core.schema import build
+    from core.towers import build_towers
+    from student.model import DualEncoder
+
+    torch.manual_seed(0)
+    cfg = build(StudentConfig, TINY_TOWERS)
+    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
+    return DualEncoder(cfg, image, text).eval()
+
+
+@pytest.fixture()
+def tiny_teacher(text_model_dir):
+    import torch
+
+    from core.config import TeacherConfig
+    from core.schema import build
+    from core.towers import build_towers
+    from teacher.model import ScanTeacher
+
+    torch.manual_seed(0)
+    cfg = build(TeacherConfig, TINY_TOWERS)
+    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
+    return ScanTeacher(cfg, image, text).eval()

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import Config, apply_overrides, load_config, save_config
+from core.schema import ConfigError, to_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_yaml_spells_out_the_embedded_default():
+    assert to_dict(load_config(REPO / "configs" / "demo.yaml")) == to_dict(Config())
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "flickr8k.yaml"])
+def test_shipped_configs_validate(name):
+    load_config(REPO / "configs" / name)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "teacher": {"embed_dimm": 8, "train": {"epochs": "many", "lr": -1.0}},
+        "student": {"losses": {"contrastive": {"kind": "triplet"}}},
+        "eval": {"folds": 0},
+    }))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = "\n".join(info.value.problems)
+    assert "teacher.embed_dimm: unknown key (did you mean 'embed_dim'?)" in problems
+    assert "teacher.train.epochs: expected int, got 'many'" in problems
+    assert "student.losses.contrastive.kind: expected one of 'infonce' | 'hinge'" in problems
+    assert str(path) in str(info.value)
+
+
+def test_impossible_values_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["teacher.train.lr=-1", "eval.folds=0", "student.train.batch_size=1",
+                           "data.format=karpathy"])
+    problems = info.value.problems
+    assert any("teacher.train.lr: must be > 0" in p for p in problems)
+    assert any("eval.folds: must be > 0" in p for p in problems)
+    assert any("student.train.batch_size" in p for p in problems)
+    assert any("data.path: required" in p for p in problems)
+    assert len(problems) >= 5
+
+
+def test_overrides_are_parsed_as_yaml():
+    raw = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]", "x.y.z=true"])
+    assert raw == {"a": {"b": 2, "c": [1, 2]}, "x": {"y": {"z": True}}}
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_exponent_without_dot_is_a_float():
+    assert load_config(None, ["student.train.lr=3e-4"]).student.train.lr == pytest.approx(3e-4)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["seed=7", "student.embed_dim=64"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert to_dict(load_config(tmp_path / "c.yaml")) == to_dict(cfg)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)

@@ -1,0 +1,89 @@
+import collections
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from core.config import ImageTowerConfig
+from core.towers.image import RegionFeatureTower, TimmImageTower, load_backbone_weights
+from core.towers.text import TextTower
+
+CNN = ImageTowerConfig(model_kwargs={"channels": [8, 16, 16, 32], "stem_width": 8, "output_stride": 16}, image_size=32)
+
+
+def test_cnn_tower_gives_grid_tokens_and_pooled_vector():
+    tower = TimmImageTower(CNN).eval()
+    out = tower(torch.randn(2, 3, 32, 32))
+    assert out.tokens.shape == (2, 4, 32) and out.pooled.shape == (2, 32) and out.mask.all()
+    torch.testing.assert_close(out.pooled, out.tokens.mean(1))  # avg-pool head
+    pre = tower.preprocess()
+    assert pre.size == 32 and pre.resize == 32
+
+
+def test_vit_tower_drops_prefix_tokens():
+    tower = TimmImageTower(ImageTowerConfig(name="test_vit", model_kwargs={"img_size": 32, "patch_size": 8}, image_size=None))
+    out = tower.eval()(torch.randn(2, 3, 32, 32))
+    assert out.tokens.shape[:2] == (2, 16) and tower.preprocess().size == 32
+
+
+def test_local_weights_by_name_and_by_order(tmp_path):
+    src = timm.create_model("resnet10t", **CNN.model_kwargs)
+    torch.nn.init.constant_(src.conv1[0].weight, 0.5)
+    by_name = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(by_name))
+    tower = TimmImageTower(ImageTowerConfig(**{**CNN.__dict__, "weights": str(by_name)}))
+    assert torch.all(tower.model.conv1[0].weight == 0.5)
+    # same tensors under other names, in order (like lukemelas EfficientNet vs timm): mapped by order
+    renamed = collections.OrderedDict((f"other.{i}", v) for i, v in enumerate(src.state_dict().values()))
+    by_order = tmp_path / "w.pth"
+    torch.save(renamed, by_order)
+    model = timm.create_model("resnet10t", **CNN.model_kwargs)
+    load_backbone_weights(model, by_order)
+    assert torch.all(model.conv1[0].weight == 0.5)
+    renamed.popitem()
+    torch.save(renamed, by_order)
+    with pytest.raises(ValueError, match="cannot map"):
+        load_backbone_weights(timm.create_model("resnet10t", **CNN.model_kwargs), by_order)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ValueError, match="refused or unreadable"):
+        load_backbone_weights(timm.create_model("resnet10t", **CNN.model_kwargs), path)
+
+
+def test_region_feature_tower_masked_mean():
+    regions = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
+    mask = torch.tensor([[True, True, False]])
+    out = RegionFeatureTower(2)(regions, mask)
+    torch.testing.assert_close(out.pooled, torch.tensor([[2.0, 3.0]]))
+
+
+def test_text_tower_tokens_and_sentence_transformers_pooling(text_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    tower = TextTower(str(text_model_dir), max_length=24).eval()
+    texts = ["a red circle left of a blue square", "a tiny box"]
+    tokens = tower.tokenize(texts)
+    out = tower(tokens["input_ids"], tokens["attention_mask"])
+    assert out.tokens.shape[:2] == tokens["input_ids"].shape and out.mask.tolist() == tokens["attention_mask"].bool().tolist()
+    st = SentenceTransformer(str(text_model_dir), device="cpu")
+    torch.testing.assert_close(out.pooled, st.encode(texts, convert_to_tensor=True, normalize_embeddings=False),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_text_tower_truncates_and_fresh_init_differs(text_model_dir):
+    tower = TextTower(str(text_model_dir), max_length=6)
+    assert tower.tokenize(["one two three four five six seven eight"])["input_ids"].shape[1] == 6
+    torch.manual_seed(1)
+    a = TextTower(str(text_model_dir), 24, fresh_init=True)
+    torch.manual_seed(2)
+    b = TextTower(str(text_model_dir), 24, fresh_init=True)
+    pa, pb = next(a.encoder.parameters()), next(b.encoder.parameters())
+    assert not torch.equal(pa, pb)

@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from distill.cli import main
+from tests.conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(root / "run", root / "data")))
+    assert main(["run", str(config)]) == 0
+    return config, root / "run"
+
+
+def test_run_writes_every_stage_output(finished_run):
+    _, run = finished_run
+    for path in ("config.yaml", "data.json", "teacher/model.safetensors", "teacher/model.json", "scores/train/scores.npy",
+                 "students/baseline-seed1/model.safetensors", "students/distilled-seed0/training.json",
+                 "export/image_encoder.onnx", "export/text_encoder.onnx", "export/manifest.json",
+                 "eval/results.json", "bench/latency.json", "report.md", "report.json"):
+        assert (run / path).is_file(), path
+    results = json.loads((run / "eval" / "results.json").read_text())
+    names = [s["name"] for s in results["systems"]]
+    assert names == ["teacher", "baseline-seed0", "distilled-seed0", "baseline-seed1", "distilled-seed1", "onnx"]
+    by_name = {s["name"]: s for s in results["systems"]}
+    assert all(by_name["onnx"]["metrics"][k] == by_name["distilled-seed0"]["metrics"][k] for k in ("i2t_r1", "t2i_r1", "rsum"))
+    assert by_name["onnx"]["recall_difference_vs_pytorch"] == 0.0
+    report = (run / "report.md").read_text()
+    assert "Teacher: SCAN cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
+
+
+def test_rerun_skips_up_to_date_stages(finished_run, caplog):
+    config, run = finished_run
+    before = (run / "teacher" / "model.safetensors").stat().st_mtime_ns
+    assert main(["run", str(config)]) == 0
+    assert (run / "teacher" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_stage_alone_from_the_run_dir(finished_run):
+    _, run = finished_run
+    (run / "eval" / "results.json").unlink()
+    assert main(["eval", "--run-dir", str(run)]) == 0
+    assert (run / "eval" / "results.json").is_file()
+    assert main(["report", str(run)]) == 0
+
+
+def test_changed_teacher_invalidates_the_score_cache(finished_run, tmp_path):
+    from core.config import load_config
+    from distill.stages import stage_distill
+    from teacher.cache import ScoreCacheMismatch
+
+    config, run = finished_run
+    cfg = load_config(config, [f"run_dir={run}"])
+    (run / "teacher" / "model.safetensors").write_bytes((run / "teacher" / "model.safetensors").read_bytes() + b" ")
+    try:
+        with pytest.raises(ScoreCacheMismatch, match="teacher_checkpoint_sha256"):
+            stage_distill(cfg, "distilled", 0, force=True)
+    finally:
+        data = (run / "teacher" / "model.safetensors").read_bytes()[:-1]
+        (run / "teacher" / "model.safetensors").write_bytes(data)
+
+
+def test_bad_config_reports_all_problems_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "r"), "teacher": {"margn": 0.2}, "eval": {"folds": 0}}))
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.margn: unknown key (did you mean 'margin'?)" in err and "eval.folds: must be > 0" in err
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "distill", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("data", "teacher", "distill", "export", "eval", "bench", "report", "run", "demo"):
+        assert command in done.stdout

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.config import LossesConfig, TrainConfig
+from distill.loop import fit
+from distill.losses import LossTerm, Objective, student_objective
+
+SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val", keep_checkpoints=0)
+
+
+def contrastive_only() -> Objective:
+    cfg = LossesConfig()
+    cfg.kd.weight = 0.0
+    return student_objective(cfg)
+
+
+def test_fit_writes_checkpoints_logs_and_the_selected_weights(tiny_student, splits, tmp_path):
+    pre = tiny_student.image_tower.preprocess()
+    evals = iter([{"rsum": 10.0}, {"rsum": 5.0}])
+    result = fit(tiny_student, contrastive_only(), splits["train"], pre, SETTINGS, tmp_path, seed=0,
+                 device=torch.device("cpu"), evaluate=lambda m: next(evals), progress=False)
+    assert result.selected_epoch == 1 and result.selected_metrics == {"rsum": 10.0}
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["epoch_001", "epoch_002"]  # the selected one and the last
+    assert set(p.name for p in (tmp_path / "checkpoints" / "epoch_002").iterdir()) >= {
+        "model.safetensors", "objective.safetensors", "optimizer.pt", "state.json"}
+    final, selected = load_file(str(result.weights)), load_file(str(tmp_path / "checkpoints/epoch_001/model.safetensors"))
+    assert all(torch.equal(final[k], selected[k]) for k in final)
+    steps = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert {"contrastive", "align", "total", "lr"} <= set(steps[0])
+    assert json.loads((tmp_path / "training.json").read_text())["selected_epoch"] == 1
+    state = torch.load(tmp_path / "checkpoints/epoch_002/optimizer.pt", weights_only=True)
+    assert {"optimizer", "scheduler"} <= set(state)
+
+
+def test_same_seed_same_weights(text_model_dir, splits, tmp_path):
+    from tests.conftest import TINY_TOWERS
+    from core.config import StudentConfig
+    from core.schema import build
+    from core.towers import build_towers
+    from student.model import DualEncoder
+
+    cfg = build(StudentConfig, TINY_TOWERS)
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(0)
+        image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
+        model = DualEncoder(cfg, image, text)
+        settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=1, eval_every=0, select="last")
+        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], image.preprocess(), settings,
+                                      tmp_path / name, 3, torch.device("cpu"), progress=False).weights)))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+class Exploding(LossTerm):
+    name = "exploding"
+
+    def forward(self, out, batch, teacher_sims):
+        return out["sims"].sum() * float("nan")
+
+
+def test_non_finite_loss_stops_naming_the_term(tiny_student, splits, tmp_path):
+    settings = TrainConfig(epochs=1, batch_size=8, eval_every=0, select="last")
+    with pytest.raises(FloatingPointError, match=r"\['exploding'\] at epoch 1, step 0"):
+        fit(tiny_student, Objective([Exploding(1.0)]), splits["train"], tiny_student.image_tower.preprocess(),
+            settings, tmp_path, 0, torch.device("cpu"), progress=False)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):
+    losses = LossesConfig()
+    losses.kd.teacher_temperature = 0.1
+    with pytest.raises(ValueError, match="no teacher scores"):
+        fit(tiny_student, student_objective(losses), splits["train"], tiny_student.image_tower.preprocess(),
+            SETTINGS, tmp_path, 0, torch.device("cpu"), progress=False)

@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import LossesConfig, TeacherConfig
+from distill.losses import (ContrastiveTerm, KDTerm, Objective, context_alignment, hinge, infonce, listnet,
+                            same_image_off_diagonal, student_objective, teacher_objective)
+
+
+def test_same_image_mask():
+    mask = same_image_off_diagonal(torch.tensor([3, 3, 5, 3]))
+    assert mask.tolist() == [[False, True, False, True], [True, False, False, True],
+                             [False, False, False, False], [True, True, False, False]]
+
+
+def test_infonce_hand_worked():
+    sims = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
+    scale = 2.0
+    row = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(2) / (math.exp(2) + math.exp(1)))) / 2
+    col = (-math.log(math.exp(2) / (math.exp(2) + math.exp(1))) - math.log(math.exp(2) / (math.exp(2) + 1))) / 2
+    assert infonce(sims, torch.tensor([0, 1]), scale).item() == pytest.approx((row + col) / 2, abs=1e-6)
+
+
+def test_infonce_ignores_captions_of_the_same_image():
+    sims = torch.randn(3, 3)
+    ids = torch.tensor([0, 0, 1])
+    changed = sims.clone()
+    changed[0, 1] = changed[1, 0] = 50.0  # same-image pairs: must not act as negatives
+    assert infonce(changed, ids, 5.0).item() == pytest.approx(infonce(sims, ids, 5.0).item())
+
+
+def test_hinge_hardest_and_sum():
+    sims = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.5, 0.6], [0.0, 0.0, 0.7]])
+    ids = torch.tensor([0, 1, 2])
+    m = 0.2
+    # image rows: i0: max(0.2-0.9+0.8, 0.2-0.9+0.1)=0.1; i1: max(0.2-0.5+0.2, 0.2-0.5+0.6)=0.3; i2: 0
+    # caption columns: c0: max(0.2-0.9+0.2, 0)=0; c1: 0.2-0.5+0.8=0.5; c2: 0.2-0.7+0.6=0.1
+    assert hinge(sims, ids, m, True).item() == pytest.approx((0.1 + 0.3 + 0 + 0 + 0.5 + 0.1) / 3, abs=1e-6)
+    # sum: rows 0.1+0 | 0+0.3 | 0 ; cols 0+0 | 0.5+0 | 0+0.1
+    assert hinge(sims, ids, m, False).item() == pytest.approx((0.1 + 0.3 + 0.5 + 0.1) / 3, abs=1e-6)
+    # a same-image pair is never a negative
+    assert hinge(sims, torch.tensor([0, 0, 2]), m, True).item() < hinge(sims, ids, m, True).item()
+
+
+def test_listnet_minimum_is_the_teacher_entropy():
+    teacher = torch.randn(4, 4)
+    ids = torch.arange(4)
+    tau, scale = 0.05, 20.0
+    matched = (teacher / tau / scale).requires_grad_(True)  # student logits equal the teacher's
+    loss = listnet(matched, teacher, ids, tau, scale)
+    p_rows, p_cols = torch.softmax(teacher / tau, 1), torch.softmax(teacher / tau, 0)
+    entropy = (-(p_rows * p_rows.log()).sum(1).mean() - (p_cols * p_cols.log()).sum(0).mean()) / 2
+    assert loss.item() == pytest.approx(entropy.item(), abs=1e-5)
+    loss.backward()
+    assert matched.grad.abs().max().item() < 1e-5  # the optimum
+    assert listnet(torch.randn(4, 4), teacher, ids, tau, scale).item() > loss.item()
+
+
+def test_listnet_masks_same_image_pairs():
+    teacher, student = torch.randn(3, 3), torch.randn(3, 3)
+    ids = torch.tensor([7, 7, 1])
+    t2, s2 = teacher.clone(), student.clone()
+    t2[0, 1] = t2[1, 0] = s2[0, 1] = s2[1, 0] = 100.0
+    assert listnet(s2, t2, ids, 0.1, 10.0).item() == pytest.approx(listnet(student, teacher, ids, 0.1, 10.0).item())
+    assert torch.isfinite(listnet(s2, t2, ids, 0.1, 10.0))
+
+
+def test_context_alignment_hand_worked():
+    # two pairs, one local token each: InfoNCE with one negative per anchor
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    local = torch.tensor([[[0.6, 0.8]], [[0.8, 0.6]]])
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    t = 0.5
+    u = g @ local[:, 0].T / t  # u[a, b]
+    expected = torch.stack([-u[a, a] + torch.logaddexp(u[a, a], u[a, 1 - a]) for a in range(2)]).mean()
+    got = context_alignment(g, local, mask, torch.tensor([0, 1]), t)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_context_alignment_ignores_masked_tokens():
+    g = F.normalize(torch.randn(3, 4), dim=-1)
+    local = F.normalize(torch.randn(3, 5, 4), dim=-1)
+    mask = torch.rand(3, 5) > 0.4
+    mask[:, 0] = True
+    ids = torch.arange(3)
+    base = context_alignment(g, local, mask, ids, 0.1)
+    moved = local.masked_fill(~mask[..., None], 9.0)
+    assert context_alignment(g, moved, mask, ids, 0.1).item() == pytest.approx(base.item(), abs=1e-6)
+
+
+def test_context_alignment_has_no_negatives_within_one_image():
+    g = F.normalize(torch.randn(2, 4), dim=-1)
+    local = F.normalize(torch.randn(2, 3, 4), dim=-1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    assert context_alignment(g, local, mask, torch.tensor([4, 4]), 0.1).item() == 0.0
+    assert context_alignment(g, local, mask, torch.tensor([4, 5]), 0.1).item() > 0.0
+
+
+def test_objective_weights_and_names():
+    cfg = LossesConfig()
+    cfg.contrastive.weight, cfg.kd.weight, cfg.align.weight = 1.0, 0.5, 0.0
+    with pytest.raises(ValueError, match="resolved"):
+        student_objective(cfg)  # 'auto' temperature needs the score cache
+    cfg.kd.teacher_temperature = 0.1
+    obj = student_objective(cfg)
+    assert [t.name for t in obj.terms] == ["contrastive", "kd"] and obj.needs_teacher
+    sims = torch.randn(3, 3)
+    batch = type("B", (), {"image_index": torch.arange(3)})()
+    total, parts = obj({"sims": sims}, batch, torch.randn(3, 3))
+    assert total.item() == pytest.approx(parts["contrastive"] + 0.5 * parts["kd"], abs=1e-5)
+    with pytest.raises(ValueError, match="teacher scores"):
+        obj({"sims": sims}, batch, None)
+    assert [t.name for t in teacher_objective(TeacherConfig()).terms] == ["hinge"]
+    with pytest.raises(ValueError, match="at least one"):
+        Objective([])
+
+
+def test_learnable_temperature_is_a_parameter():
+    assert len(list(ContrastiveTerm(1.0, 0.07, True).parameters())) == 1
+    assert len(list(ContrastiveTerm(1.0, 0.07, False).parameters())) == 0
+    assert KDTerm(1.0, 0.1, 10.0).weight == 1.0

@@ -1,0 +1,22 @@
+import pytest
+
+from eval.latency import summarize, time_calls
+
+
+def test_percentiles_use_linear_interpolation():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert s["p50_ms"] == 3.0
+    assert s["p95_ms"] == pytest.approx(4.0 + 0.8 * 6.0)  # rank 3.8 between 4 and 10
+    assert s["mean_ms"] == 4.0 and s["min_ms"] == 1.0 and s["max_ms"] == 10.0 and s["n"] == 5
+
+
+def test_time_calls_counts_warmup_and_repeats():
+    calls, syncs = [], []
+    stats = time_calls(calls.append, warmup=2, repeats=5, sync=lambda: syncs.append(1))
+    assert calls == [0, 1, 0, 1, 2, 3, 4]
+    assert stats["n"] == 5 and len(syncs) == 6
+
+
+def test_empty_timings_rejected():
+    with pytest.raises(ValueError):
+        summarize([])

@@ -1,0 +1,52 @@
+from core.io import write_json
+from eval.report import summarise, write_report
+
+
+def _metrics(rsum: float) -> dict:
+    base = {k: rsum / 6 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")}
+    return {**base, "i2t_medr": 1.0, "i2t_meanr": 1.0, "t2i_medr": 1.0, "t2i_meanr": 1.0, "rsum": rsum}
+
+
+RESULTS = {"split": "test", "folds": 1, "gallery_images": 10, "systems": [
+    {"name": "teacher", "group": "teacher", "seed": 0, "metrics": _metrics(300.0)},
+    {"name": "baseline-seed0", "group": "baseline", "seed": 0, "losses": ["contrastive"], "metrics": _metrics(200.0)},
+    {"name": "baseline-seed1", "group": "baseline", "seed": 1, "losses": ["contrastive"], "metrics": _metrics(220.0)},
+    {"name": "distilled-seed0", "group": "distilled", "seed": 0, "losses": ["contrastive", "kd"], "metrics": _metrics(250.0)},
+    {"name": "onnx", "group": "onnx", "seed": None, "source": "distilled-seed0", "metrics": _metrics(250.0),
+     "recall_difference_vs_pytorch": 0.0, "rank_difference_vs_pytorch": 0.0},
+]}
+BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None, "platform": "linux"}, "rows": [
+    {"measure": "retrieval", "system": "teacher", "backend": "pytorch", "device": "cpu", "p50_ms": 40.0},
+    {"measure": "retrieval", "system": "student", "backend": "pytorch", "device": "cpu", "p50_ms": 4.0},
+    {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "device": "cpu", "p50_ms": 1.0},
+    {"measure": "caption_encoding", "system": "student", "backend": "pytorch", "device": "cpu", "p50_ms": 3.0, "p95_ms": 3.5},
+]}
+
+
+def test_summary_groups_seeds_and_computes_speedups():
+    s = summarise(RESULTS, BENCH)
+    rows = {r["group"]: r for r in s["systems"]}
+    assert [r["group"] for r in s["systems"]] == ["teacher", "baseline", "distilled", "onnx"]
+    assert rows["baseline"]["mean"]["rsum"] == 210.0 and rows["baseline"]["std"]["rsum"] == 10.0
+    assert rows["teacher"]["speedup_vs_teacher"] == 1.0
+    assert rows["baseline"]["speedup_vs_teacher"] == 10.0
+    assert rows["onnx"]["speedup_vs_teacher"] == 40.0
+    assert s["checks"] == {"teacher_rsum_above_baseline": True, "distilled_rsum_above_baseline": True,
+                           "onnx_recalls_equal_pytorch": True}
+
+
+def test_report_files(tmp_path):
+    write_json(tmp_path / "eval" / "results.json", RESULTS)
+    write_json(tmp_path / "bench" / "latency.json", BENCH)
+    write_report(tmp_path, "itr-distill run x.yaml")
+    md = (tmp_path / "report.md").read_text()
+    assert "| Teacher: SCAN cross attention | 0 |" in md
+    assert "210.0 ± 10.0" in md and "40.0x" in md
+    assert "Reproduce: `itr-distill run x.yaml`" in md
+    assert (tmp_path / "report.json").is_file()
+
+
+def test_report_without_bench(tmp_path):
+    write_json(tmp_path / "eval" / "results.json", RESULTS)
+    s = write_report(tmp_path, "cmd")
+    assert all(r["latency_p50_ms"] is None for r in s["systems"])

@@ -1,0 +1,27 @@
+import torch
+
+from core.data.loading import pair_loader
+from student.encode import encode_split
+
+
+def test_embeddings_are_normalised_and_independent_of_the_batch(tiny_student, splits):
+    split = splits["val"]
+    images, captions = encode_split(tiny_student, split, tiny_student.image_tower.preprocess(), 7, torch.device("cpu"), False)
+    assert images.shape == (16, 32) and captions.shape == (80, 32)
+    assert abs(float((images ** 2).sum(1).mean()) - 1) < 1e-5
+    tokens = tiny_student.tokenize([split.captions[3]])  # alone: no padding
+    with torch.no_grad():
+        alone = tiny_student.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(alone[0], torch.from_numpy(captions[3]), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_returns_global_and_local_views(tiny_student, splits):
+    loader = pair_loader(splits["train"], tiny_student.image_tower.preprocess(), tiny_student.tokenize, 4,
+                         batching="random", generator=torch.Generator().manual_seed(0))
+    batch = next(iter(loader))
+    out = tiny_student(batch)
+    torch.testing.assert_close(out["sims"], out["img_emb"] @ out["txt_emb"].T)
+    with torch.no_grad():
+        torch.testing.assert_close(out["img_emb"], tiny_student.encode_images(batch.images))
+    assert out["img_local"].shape == (4, 4, 32) and out["txt_local"].shape[:2] == batch.input_ids.shape
+    assert out["txt_local_mask"].tolist() == batch.attention_mask.bool().tolist()

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from teacher.attention import scan_similarity
+from teacher.reference import scan_similarity_loop
+
+LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
+
+
+def random_inputs(seed=0, n_img=5, n_cap=7, n_reg=6, n_word=8, dim=12):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.randn(n_img, n_reg, dim, generator=g)
+    words = torch.randn(n_cap, n_word, dim, generator=g)
+    region_mask = torch.rand(n_img, n_reg, generator=g) > 0.3
+    word_mask = torch.rand(n_cap, n_word, generator=g) > 0.3
+    region_mask[:, 0] = True
+    word_mask[:, 0] = True
+    return regions, region_mask, words, word_mask
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("aggregation", ["lse", "mean"])
+def test_matches_caption_by_caption_reference(direction, aggregation):
+    regions, rmask, words, wmask = random_inputs()
+    lam = LAMBDAS[direction]
+    fast = scan_similarity(regions, rmask, words, wmask, direction, aggregation, *lam)
+    slow = scan_similarity_loop(regions, rmask, words, wmask, direction, aggregation, *lam)
+    assert fast.shape == (5, 7)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_padded_tokens_take_no_part(direction):
+    regions, rmask, words, wmask = random_inputs(1)
+    base = scan_similarity(regions, rmask, words, wmask, direction)
+    regions2, words2 = regions.clone(), words.clone()
+    regions2[~rmask] = 1e3 * torch.randn_like(regions2[~rmask])
+    words2[~wmask] = -7.0
+    torch.testing.assert_close(scan_similarity(regions2, rmask, words2, wmask, direction), base)
+    # and dropping trailing padding entirely gives the same scores
+    torch.testing.assert_close(scan_similarity(regions, rmask, words[:, :1], wmask[:, :1], direction),
+                               scan_similarity(regions, rmask, words[:, :1].clone(), wmask[:, :1], direction))
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 10**9])
+def test_chunking_does_not_change_scores(chunk):
+    regions, rmask, words, wmask = random_inputs(2)
+    ref = scan_similarity(regions, rmask, words, wmask)
+    torch.testing.assert_close(scan_similarity(regions, rmask, words, wmask, max_chunk_elements=chunk), ref)
+
+
+def test_single_region_score_is_the_cosine():
+    # one region: every word attends to it fully, relevance = cos(word, region)
+    region = torch.tensor([[[1.0, 0.0]]])
+    words = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
+    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)
+    cos = torch.tensor([1 / math.sqrt(2), 0.0])
+    mean = scan_similarity(region, ones(region), words, ones(words), aggregation="mean")
+    assert mean.item() == pytest.approx(cos.mean().item(), abs=1e-6)
+    lse = scan_similarity(region, ones(region), words, ones(words), aggregation="lse", lambda_lse=6.0)
+    assert lse.item() == pytest.approx((torch.logsumexp(6.0 * cos, 0) / 6.0).item(), abs=1e-6)
+
+
+def test_hand_worked_two_regions():
+    # one word w=(1,0); regions v1=(1,0), v2=(0,1). Logits s=(1,0); LeakyReLU keeps them;
+    # l2norm over the single query word makes each 1 (s1) and 0 (s2): alpha = softmax(9*(1,0)).
+    regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    word = torch.tensor([[[1.0, 0.0]]])
+    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)
+    a1 = math.exp(9) / (math.exp(9) + 1)
+    attended = torch.tensor([a1, 1 - a1])
+    expected = F.cosine_similarity(attended, torch.tensor([1.0, 0.0]), dim=0).item()
+    got = scan_similarity(regions, ones(regions), word, ones(word), aggregation="mean", lambda_softmax=9.0)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_gradients_flow_to_both_sides():
+    regions, rmask, words, wmask = random_inputs(3)
+    regions.requires_grad_(True)
+    words.requires_grad_(True)
+    scan_similarity(regions, rmask, words, wmask).sum().backward()
+    assert regions.grad.abs().sum() > 0 and words.grad.abs().sum() > 0
+    assert torch.isfinite(regions.grad).all() and torch.isfinite(words.grad).all()
+    assert regions.grad[~rmask].abs().sum() == 0  # padded regions get no gradient
+
+
+def test_rejects_bad_arguments():
+    regions, rmask, words, wmask = random_inputs()
+    with pytest.raises(ValueError, match="direction"):
+        scan_similarity(regions, rmask, words, wmask, direction="both")
+    with pytest.raises(TypeError, match="bool"):
+        scan_similarity(regions, rmask.float(), words, wmask)
+    empty = wmask.clone()
+    empty[2] = False
+    with pytest.raises(ValueError, match="at least one valid token"):
+        scan_similarity(regions, rmask, words, empty)
+    with pytest.raises(ValueError, match="feature dims"):
+        scan_similarity(regions, rmask, words[..., :3], wmask)

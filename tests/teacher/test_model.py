@@ -1,0 +1,36 @@
+import torch
+
+from core.data.loading import pair_loader
+from teacher.scoring import encode_split, score_all
+
+
+def test_forward_scores_every_pair_in_the_batch(tiny_teacher, splits):
+    loader = pair_loader(splits["train"], tiny_teacher.image_tower.preprocess(), tiny_teacher.tokenize, 6,
+                         batching="random", generator=torch.Generator().manual_seed(0))
+    batch = next(iter(loader))
+    sims = tiny_teacher(batch)["sims"]
+    assert sims.shape == (6, 6) and torch.isfinite(sims).all()
+
+
+def test_split_scores_equal_batch_scores(tiny_teacher, splits):
+    split = splits["val"]
+    images, captions = encode_split(tiny_teacher, split, tiny_teacher.image_tower.preprocess(), 5, torch.device("cpu"), False)
+    assert images.tokens.shape[0] == 16 and captions.tokens.shape[0] == 80
+    scores = score_all(tiny_teacher, images, captions, block=3, progress=False)
+    assert scores.shape == (16, 80)
+    # captions encoded one at a time (no padding from other captions) give the same scores
+    tokens = tiny_teacher.tokenize([split.captions[7]])
+    with torch.no_grad():
+        one = tiny_teacher.score(images, tiny_teacher.encode_text(tokens["input_ids"], tokens["attention_mask"]))
+    torch.testing.assert_close(torch.from_numpy(scores[:, 7]), one[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_global_term_adds_weighted_cosine(tiny_teacher, splits):
+    split = splits["val"]
+    images, captions = encode_split(tiny_teacher, split, tiny_teacher.image_tower.preprocess(), 8, torch.device("cpu"), False)
+    with torch.no_grad():
+        full = tiny_teacher.score(images, captions)
+        tiny_teacher.cfg.global_weight, saved = 0.0, tiny_teacher.cfg.global_weight
+        scan_only = tiny_teacher.score(images, captions)
+        tiny_teacher.cfg.global_weight = saved
+    torch.testing.assert_close(full - scan_only, saved * images.pooled @ captions.pooled.T, atol=1e-5, rtol=1e-5)
