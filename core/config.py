@@ -195,7 +195,7 @@ class TeacherConfig:
     global_weight: float = 1.0  # adds global_weight * cos(pooled image, pooled caption) to the score
     margin: float = 0.2
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
-    sum_violation_epochs: int = 2  # warm up with the sum of violations for this many epochs
+    sum_violation_epochs: int = 4  # warm up with the sum of violations for this many epochs
     max_cache_gib: float = 8.0  # refuse dense score caches larger than this
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
 

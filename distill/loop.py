@@ -19,7 +19,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from core.progress import progress as bar
 
 from core.checkpoint import save_torch_state, save_weights
 from core.config import TrainConfig
@@ -27,6 +26,7 @@ from core.data.images import ImagePreprocess
 from core.data.loading import Batch, pair_loader
 from core.data.records import CaptionSplit
 from core.io import write_json
+from core.progress import progress as bar
 from core.seeding import seed_everything
 from core.towers.frozen import NOT_FROZEN, Frozen
 from distill.losses import Objective
@@ -93,59 +93,26 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     if len(loader) == 0:
         raise ValueError(f"{train_split.source}: {train_split.n_captions} captions give no full batch of {settings.batch_size}")
     optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
-    total_steps = settings.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total_steps))
-    log_path = out_dir / "train_log.jsonl"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, settings.epochs * len(loader)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("")
     history: list[dict] = []
-    best_epoch, best_rsum, step = settings.epochs, -math.inf, 0
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    with open(log_path, "a", encoding="utf-8") as log_file:
+    best_epoch, best_rsum = settings.epochs, -math.inf
+    with open(out_dir / "train_log.jsonl", "w", encoding="utf-8") as log_file:
         for epoch in range(1, settings.epochs + 1):
-            objective.set_epoch(epoch)
-            model.train()
-            sums: dict[str, float] = {}
             started = time.perf_counter()
-            steps = bar(loader, f"{desc} epoch {epoch}/{settings.epochs}", progress)
-            for batch in steps:
-                if frozen[0] is not None:
-                    batch.image_features = frozen[0].take(batch.image_index)
-                if frozen[1] is not None:
-                    batch.text_features = frozen[1].take(batch.caption_index)
-                batch = batch.to(device)
-                out = model(batch)
-                t_sims = teacher_scores(batch).to(device) if objective.needs_teacher else None
-                total, parts = objective(out, batch, t_sims)
-                if not torch.isfinite(total):
-                    bad = [n for n, v in parts.items() if not math.isfinite(v)] or ["total"]
-                    raise FloatingPointError(f"{desc}: non-finite loss in term(s) {bad} at epoch {epoch}, step {step}; "
-                                             f"last good checkpoint: {out_dir / 'checkpoints'}")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if settings.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                parts["total"] = float(total.detach())
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                log_file.write(json.dumps({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **parts}) + "\n")
-                steps.set_postfix(loss=f"{parts['total']:.3f}")
-            record = {"epoch": epoch, "steps": step, "seconds": round(time.perf_counter() - started, 2),
-                      "loss": {k: v / len(loader) for k, v in sums.items()}}
+            losses = _train_epoch(model, objective, loader, optimizer, scheduler, settings, epoch, device, frozen,
+                                  teacher_scores, log_file, f"{desc} epoch {epoch}/{settings.epochs}", progress,
+                                  out_dir / "checkpoints")
+            record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
+                      "loss": losses}
             if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
                 record["val"] = evaluate(model)
                 if settings.select == "best_val" and record["val"]["rsum"] > best_rsum:
                     best_rsum, best_epoch = record["val"]["rsum"], epoch
             history.append(record)
-            terms = ", ".join(f"{k} {v:.3f}" for k, v in record["loss"].items() if k != "total")
-            val = f", val rsum {record['val']['rsum']:.1f}" if "val" in record else ""
-            log.info("%s epoch %d/%d: loss %.3f (%s)%s, %.0f s", desc, epoch, settings.epochs,
-                     record["loss"]["total"], terms, val, record["seconds"])
             log_file.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
             log_file.flush()
+            _log_epoch(desc, settings.epochs, record)
             _save_epoch(out_dir / "checkpoints" / f"epoch_{epoch:03d}", model, objective, optimizer, scheduler, record)
             _prune(out_dir / "checkpoints", keep={epoch, best_epoch}, keep_last=settings.keep_checkpoints)
     if settings.select == "last":
@@ -154,6 +121,51 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     shutil.copyfile(out_dir / "checkpoints" / f"epoch_{best_epoch:03d}" / "model.safetensors", weights)
     write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select, "history": history})
     return FitResult(weights, best_epoch, history)
+
+
+def _train_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer, scheduler,
+                 settings: TrainConfig, epoch: int, device: torch.device, frozen: Frozen,
+                 teacher_scores: TeacherScores | None, log_file, desc: str, progress: bool,
+                 checkpoints: Path) -> dict[str, float]:
+    """One pass over the loader; returns the epoch's mean of every loss term (and the total)."""
+    objective.set_epoch(epoch)
+    model.train()
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
+    steps = bar(loader, desc, progress)
+    for batch in steps:
+        if frozen[0] is not None:
+            batch.image_features = frozen[0].take(batch.image_index)
+        if frozen[1] is not None:
+            batch.text_features = frozen[1].take(batch.caption_index)
+        batch = batch.to(device)
+        out = model(batch)
+        t_sims = teacher_scores(batch).to(device) if objective.needs_teacher else None
+        total, parts = objective(out, batch, t_sims)
+        if not torch.isfinite(total):
+            bad = [n for n, v in parts.items() if not math.isfinite(v)] or ["total"]
+            raise FloatingPointError(f"{desc}: non-finite loss in term(s) {bad} at epoch {epoch}, step "
+                                     f"{scheduler.last_epoch}; last good checkpoint: {checkpoints}")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        parts["total"] = float(total.detach())
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        log_file.write(json.dumps({"step": scheduler.last_epoch, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                   **parts}) + "\n")
+        steps.set_postfix(loss=f"{parts['total']:.3f}")
+    return {k: v / len(loader) for k, v in sums.items()}
+
+
+def _log_epoch(desc: str, epochs: int, record: dict) -> None:
+    terms = ", ".join(f"{k} {v:.3f}" for k, v in record["loss"].items() if k != "total")
+    val = f", val rsum {record['val']['rsum']:.1f}" if "val" in record else ""
+    log.info("%s epoch %d/%d: loss %.3f (%s)%s, %.0f s", desc, record["epoch"], epochs, record["loss"]["total"],
+             terms, val, record["seconds"])
 
 
 def _save_epoch(path: Path, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,

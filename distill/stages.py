@@ -12,6 +12,7 @@ import torch
 
 from core.config import Config, StudentConfig
 from core.data.karpathy import read_karpathy
+from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
 from core.data.records import CaptionSplit
 from core.data.synthetic import JSON_NAME, generate
@@ -65,6 +66,9 @@ def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
     if cfg.data.format == "synthetic":
         root, spec = _synthetic_dir(cfg), to_dict(cfg.data.synthetic)
         if force or not up_to_date(root, spec):
+            if root.is_dir() and any(root.iterdir()) and not (root / JSON_NAME).is_file():
+                raise FileExistsError(f"{root}: not empty and not a generated dataset; refusing to replace it "
+                                      "(choose another data.path)")
             log.info("generating synthetic scenes in %s", root)
             s = cfg.data.synthetic
             generate(root, s.n_train, s.n_val, s.n_test, s.image_size, s.family_size, s.min_objects, s.max_objects, s.seed)
@@ -208,8 +212,6 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
 
 def _sample_inputs(cfg: Config, student, n: int = 8) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """Real images (or region features) and captions from the test split, for tracing and parity."""
-    from core.data.loading import image_loader
-
     split = load_split(cfg, cfg.eval.split)
     batch = next(iter(image_loader(split.head(n), student.image_tower.preprocess(), n)))
     return batch.images, batch.image_mask, list(split.captions[: 5 * n: 5])
@@ -220,6 +222,8 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
     paths = RunPaths(cfg.run_dir)
     student_dir = Path(student_dir) if student_dir else paths.student("distilled", cfg.experiment.seeds[0])
     weights = student_dir / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no trained student to export (run `itr-distill distill` first)")
     key = {"source": sha256_file(weights), "export": to_dict(cfg.export)}
     if not force and up_to_date(paths.export, key):
         log.info("export is up to date (%s)", paths.export)
@@ -229,10 +233,14 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
     manifest = export_student(student, paths.export, cfg.export, student.image_tower.preprocess(), images, masks,
                               texts, weights)
     stamp(paths.export, key)
-    write_json(paths.export / "source.json", {"student_dir": str(student_dir), "name": student_dir.name})
     log.info("exported %s to %s (parity: image cos %.6f, text cos %.6f)", student_dir.name, paths.export,
              manifest["parity"]["image"]["min_cosine"], manifest["parity"]["text"]["min_cosine"])
     return paths.export
+
+
+def _export_source(paths: RunPaths) -> Path:
+    """The student directory an export was made from (recorded in its manifest)."""
+    return Path(read_json(paths.export / "manifest.json")["source_checkpoint"]["path"]).parent
 
 
 def _student_dirs(cfg: Config) -> list[Path]:
@@ -265,7 +273,7 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
         systems.append(entry)
         by_name[student_dir.name] = entry
     if (paths.export / "manifest.json").is_file():
-        source = read_json(paths.export / "source.json")["name"]
+        source = _export_source(paths).name
         metrics = metrics_for(onnx_sims(str(paths.export), split, bs), split, folds)
         entry = {"name": "onnx", "group": "onnx", "seed": None, "source": source, "metrics": metrics}
         if source in by_name:  # recalls must be identical; a near-tie can move a mean rank by 1/n
@@ -285,8 +293,7 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
 def stage_bench(cfg: Config) -> dict[str, Any]:
     """Latency of the teacher, the PyTorch student and the ONNX student on this machine."""
     paths = RunPaths(cfg.run_dir)
-    source = Path(read_json(paths.export / "source.json")["student_dir"])
-    teacher, student = load_model(paths.teacher, "cpu"), load_model(source, "cpu")
+    teacher, student = load_model(paths.teacher, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)
     result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
                            student.image_tower.preprocess(), cfg.bench)

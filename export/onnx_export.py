@@ -30,31 +30,15 @@ class ExportParityError(RuntimeError):
     """The ONNX graph does not reproduce the PyTorch model within the gate's threshold."""
 
 
-class _ImageGraph(nn.Module):
-    def __init__(self, student: DualEncoder):
+class _EncoderGraph(nn.Module):
+    """One encoder method of the student as `forward`, which is what the exporter traces."""
+
+    def __init__(self, student: DualEncoder, method: str):
         super().__init__()
-        self.student = student
+        self.student, self.method = student, method
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.student.encode_images(pixel_values)
-
-
-class _RegionGraph(nn.Module):
-    def __init__(self, student: DualEncoder):
-        super().__init__()
-        self.student = student
-
-    def forward(self, regions: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
-        return self.student.encode_images(regions, region_mask)
-
-
-class _TextGraph(nn.Module):
-    def __init__(self, student: DualEncoder):
-        super().__init__()
-        self.student = student
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.student.encode_text(input_ids, attention_mask)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.student, self.method)(*inputs)
 
 
 def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict[str, dict[int, str]], path: Path,
@@ -62,12 +46,12 @@ def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict[str,
     """torch.onnx.export with an explicit exporter; dynamic axes named per input."""
     warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
     if exporter == "dynamo":
-        dims = {}
-        shapes = {}
-        for name in names:
-            shapes[name] = {axis: dims.setdefault(label, torch.export.Dim(label, min=1)) for axis, label in dynamic[name].items()}
+        dims: dict[str, torch.export.Dim] = {}
+        shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label, min=1)) for axis, label in dynamic[name].items()}
+                       for name in names)
         torch.onnx.export(module, args, str(path), input_names=names, output_names=["embeddings"],
-                          dynamic_shapes=shapes, dynamo=True, opset_version=opset, external_data=False, verbose=False)
+                          dynamic_shapes=(shapes,),  # forward(*inputs): one positional holding the tuple
+                          dynamo=True, opset_version=opset, external_data=False, verbose=False)
     else:
         axes = {**dynamic, "embeddings": {0: "batch"}}
         torch.onnx.export(module, args, str(path), input_names=names, output_names=["embeddings"],
@@ -150,13 +134,13 @@ def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig,
     with atomic_dir(out_dir) as tmp:
         image_path, text_path = tmp / "image_encoder.onnx", tmp / "text_encoder.onnx"
         if sample_masks is None:
-            _export(_ImageGraph(student).eval(), (sample_images[:2],), ["pixel_values"], {"pixel_values": {0: "batch"}},
+            _export(_EncoderGraph(student, "encode_images").eval(), (sample_images[:2],), ["pixel_values"], {"pixel_values": {0: "batch"}},
                     image_path, cfg.exporter, cfg.opset)
         else:
-            _export(_RegionGraph(student).eval(), (sample_images[:2], sample_masks[:2]), ["regions", "region_mask"],
+            _export(_EncoderGraph(student, "encode_images").eval(), (sample_images[:2], sample_masks[:2]), ["regions", "region_mask"],
                     {"regions": {0: "batch"}, "region_mask": {0: "batch"}}, image_path, cfg.exporter, cfg.opset)
         tokens = student.tokenize(sample_texts[:2])
-        _export(_TextGraph(student).eval(), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
+        _export(_EncoderGraph(student, "encode_text").eval(), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
                 {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
                 text_path, cfg.exporter, cfg.opset)
         parity = parity_gate(student, image_path, text_path, sample_images, sample_masks, sample_texts, cfg)

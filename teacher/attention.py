@@ -47,7 +47,8 @@ def _block_scores(
         qnorm = region_norm[:, None, :]
         agg_mask = region_mask[:, None, :]
     attn = F.leaky_relu(raw, 0.1) * qmask
-    attn = attn / (torch.linalg.vector_norm(attn, dim=2, keepdim=True) + EPS)  # zero gradient at 0, unlike sqrt
+    # l2norm over the query tokens; EPS^2 under the root keeps the gradient finite for all-zero columns
+    attn = attn / ((attn.pow(2).sum(dim=2, keepdim=True) + EPS * EPS).sqrt() + EPS)
     attn = (lambda_softmax * attn).masked_fill(~kmask, float("-inf"))
     alpha = torch.softmax(attn, dim=-1)
     dot = (alpha * raw).sum(-1)  # <query_j, attended_j>

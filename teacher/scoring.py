@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from core.progress import progress as bar
 
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
+from core.progress import progress as bar
 from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
 from teacher.model import EncodedSide, ScanTeacher
 

@@ -57,31 +57,24 @@ def text_model_dir(tmp_path_factory, splits) -> Path:
     return build_scratch_text_model(splits["train"].captions, tmp_path_factory.mktemp("text") / "scratch", cfg, 24)
 
 
-@pytest.fixture()
-def tiny_student(text_model_dir):
+def build_tiny(kind: str, text_model_dir: Path, feature_dim: int | None = None, **overrides):
+    """A tiny teacher or student (eval mode, seed 0); `overrides` replace top-level config sections."""
     import torch
 
-    from core.config import StudentConfig
+    from core.config import StudentConfig, TeacherConfig
     from core.schema import build
-    from core.towers import build_towers
-    from student.model import DualEncoder
+    from distill.workspace import new_model
 
+    cfg = build(TeacherConfig if kind == "teacher" else StudentConfig, {**TINY_TOWERS, **overrides})
     torch.manual_seed(0)
-    cfg = build(StudentConfig, TINY_TOWERS)
-    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
-    return DualEncoder(cfg, image, text).eval()
+    return new_model(kind, cfg, str(text_model_dir), feature_dim).eval()
+
+
+@pytest.fixture()
+def tiny_student(text_model_dir):
+    return build_tiny("student", text_model_dir)
 
 
 @pytest.fixture()
 def tiny_teacher(text_model_dir):
-    import torch
-
-    from core.config import TeacherConfig
-    from core.schema import build
-    from core.towers import build_towers
-    from teacher.model import ScanTeacher
-
-    torch.manual_seed(0)
-    cfg = build(TeacherConfig, TINY_TOWERS)
-    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
-    return ScanTeacher(cfg, image, text).eval()
+    return build_tiny("teacher", text_model_dir)

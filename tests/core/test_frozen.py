@@ -1,23 +1,16 @@
 import numpy as np
 import torch
 
-from core.config import StudentConfig
-from core.schema import build
-from core.towers import build_towers
 from core.towers.frozen import frozen_for, frozen_image_outputs, frozen_text_outputs, weights_fingerprint
 from student.encode import encode_split
-from student.model import DualEncoder
-from tests.conftest import TINY_TOWERS
+from tests.conftest import TINY_TOWERS, build_tiny
 
 CPU = torch.device("cpu")
 
 
 def frozen_student(text_model_dir):
-    cfg = build(StudentConfig, {**TINY_TOWERS, "image_tower": {**TINY_TOWERS["image_tower"], "freeze": True},
-                                "text_tower": {**TINY_TOWERS["text_tower"], "freeze": True}})
-    torch.manual_seed(0)
-    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
-    return DualEncoder(cfg, image, text).eval()
+    return build_tiny("student", text_model_dir, image_tower={**TINY_TOWERS["image_tower"], "freeze": True},
+                      text_tower={**TINY_TOWERS["text_tower"], "freeze": True})
 
 
 def test_cached_outputs_equal_the_tower(text_model_dir, splits, tmp_path):

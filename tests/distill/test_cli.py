@@ -80,3 +80,12 @@ def test_module_entry_point():
     assert done.returncode == 0
     for command in ("data", "teacher", "distill", "export", "eval", "bench", "report", "run", "demo"):
         assert command in done.stdout
+
+
+def test_generation_never_replaces_a_foreign_directory(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep")
+    assert main(["data", "--run-dir", str(tmp_path / "r"), "--set", f"data.path={mine}"]) == 1
+    assert "refusing to replace" in capsys.readouterr().err
+    assert (mine / "precious.txt").read_text() == "keep"

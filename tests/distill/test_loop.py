@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from core.config import LossesConfig, TrainConfig
 from distill.loop import fit
 from distill.losses import LossTerm, Objective, student_objective
+from tests.conftest import build_tiny
 
 SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val", keep_checkpoints=0)
 
@@ -37,20 +38,11 @@ def test_fit_writes_checkpoints_logs_and_the_selected_weights(tiny_student, spli
 
 
 def test_same_seed_same_weights(text_model_dir, splits, tmp_path):
-    from tests.conftest import TINY_TOWERS
-    from core.config import StudentConfig
-    from core.schema import build
-    from core.towers import build_towers
-    from student.model import DualEncoder
-
-    cfg = build(StudentConfig, TINY_TOWERS)
     runs = []
     for name in ("a", "b"):
-        torch.manual_seed(0)
-        image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
-        model = DualEncoder(cfg, image, text)
+        model = build_tiny("student", text_model_dir)
         settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=1, eval_every=0, select="last")
-        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], image.preprocess(), settings,
+        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], model.image_tower.preprocess(), settings,
                                       tmp_path / name, 3, torch.device("cpu"), progress=False).weights)))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 

@@ -121,3 +121,18 @@ def test_learnable_temperature_is_a_parameter():
     assert len(list(ContrastiveTerm(1.0, 0.07, True).parameters())) == 1
     assert len(list(ContrastiveTerm(1.0, 0.07, False).parameters())) == 0
     assert KDTerm(1.0, 0.1, 10.0).weight == 1.0
+
+
+def test_calibrated_temperature_gives_the_target_logit_spread():
+    import numpy as np
+
+    from distill.losses import calibrated_teacher_temperature
+
+    rng = np.random.default_rng(0)
+    scores = 1.0 + 0.03 * rng.normal(size=(200, 1000))
+    tau, spread = calibrated_teacher_temperature(scores, 5, 64, logit_std=6.0)
+    assert spread == pytest.approx(0.03, rel=0.05) and tau == pytest.approx(spread / 6.0)
+    tau10, _ = calibrated_teacher_temperature(scores * 10, 5, 64, logit_std=6.0)
+    assert tau10 == pytest.approx(10 * tau, rel=1e-6)  # scale-free: 10x the spread, 10x the temperature
+    with pytest.raises(ValueError, match="do not vary"):
+        calibrated_teacher_temperature(np.ones((20, 100)), 5, 8, 6.0)

@@ -18,16 +18,10 @@ def sample(student, split, n=6):
 
 @pytest.fixture(scope="module", params=["dynamo", "torchscript"])
 def exported(request, tmp_path_factory, text_model_dir, splits):
-    from core.config import StudentConfig
-    from core.schema import build
-    from core.towers import build_towers
-    from student.model import DualEncoder
-    from tests.conftest import TINY_TOWERS
+    from tests.conftest import build_tiny
 
-    torch.manual_seed(0)
-    cfg = build(StudentConfig, TINY_TOWERS)
-    image, text = build_towers(cfg.image_tower, cfg.text_tower, str(text_model_dir), None, fresh_text=True)
-    student = DualEncoder(cfg, image, text).eval()
+    student = build_tiny("student", text_model_dir)
+    image = student.image_tower
     out = tmp_path_factory.mktemp("export") / request.param
     weights = out.parent / "w.bin"
     weights.write_bytes(b"checkpoint")

@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from core.data.loading import pair_loader
+from core.towers.image import TokenOutput
 from student.encode import encode_split
+from tests.conftest import build_tiny
 
 
 def test_embeddings_are_normalised_and_independent_of_the_batch(tiny_student, splits):
@@ -25,3 +28,21 @@ def test_forward_returns_global_and_local_views(tiny_student, splits):
         torch.testing.assert_close(out["img_emb"], tiny_student.encode_images(batch.images))
     assert out["img_local"].shape == (4, 4, 32) and out["txt_local"].shape[:2] == batch.input_ids.shape
     assert out["txt_local_mask"].tolist() == batch.attention_mask.bool().tolist()
+
+
+def test_flatten_pooling_keeps_positions(text_model_dir):
+    built = {p: build_tiny("student", text_model_dir, image_pooling=p) for p in ("flatten", "tower")}
+    tokens = torch.randn(1, 4, 32)
+    swapped = tokens[:, [1, 0, 2, 3]]  # the same local features at other grid positions
+    out = lambda t: TokenOutput(t, torch.ones(1, 4, dtype=torch.bool), t.mean(1))
+    with torch.no_grad():
+        flat = built["flatten"]
+        assert flat.image_proj.in_features == 4 * 32
+        assert not torch.allclose(flat.images_from(out(tokens)), flat.images_from(out(swapped)))
+        avg = built["tower"]
+        torch.testing.assert_close(avg.images_from(out(tokens)), avg.images_from(out(swapped)))
+
+
+def test_flatten_pooling_refuses_region_features(text_model_dir):
+    with pytest.raises(ValueError, match="grid image tower"):
+        build_tiny("student", text_model_dir, 16, image_tower={"kind": "features"}, image_pooling="flatten")

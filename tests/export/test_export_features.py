@@ -1,0 +1,33 @@
+"""Export of a student whose image side is precomputed region features (SCAN/VSE format)."""
+import numpy as np
+import torch
+
+from core.config import ExportConfig
+from core.data.loading import image_loader
+from core.data.precomputed import read_precomputed
+from export.onnx_export import export_student
+from export.runtime import OnnxStudent
+from tests.conftest import build_tiny
+
+
+def test_region_feature_student_exports_and_runs(tmp_path, text_model_dir):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "test_ims.npy", rng.normal(size=(6, 5, 16)).astype(np.float32))
+    (tmp_path / "test_caps.txt").write_text("".join(f"a red circle number {i}\n" for i in range(30)))
+    split = read_precomputed(tmp_path, ["test"], "test")
+    student = build_tiny("student", text_model_dir, 16, image_tower={"kind": "features"}, image_pooling="tower")
+    batch = next(iter(image_loader(split, None, 6)))
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"x")
+    manifest = export_student(student, tmp_path / "export", ExportConfig(), None, batch.images, batch.image_mask,
+                              list(split.captions[:6]), weights)
+    assert manifest["image"] == {"input": "regions", "regions": 5, "feature_dim": 16}
+    runtime = OnnxStudent(tmp_path / "export")
+    with torch.no_grad():
+        ref = student.encode_images(batch.images, batch.image_mask).numpy()
+    np.testing.assert_allclose(runtime.encode_regions(np.asarray(split.features)), ref, atol=1e-5)
+    mask = np.ones((6, 5), dtype=bool)
+    mask[:, 3:] = False  # padded regions take no part
+    moved = np.asarray(split.features).copy()
+    moved[:, 3:] = 100.0
+    np.testing.assert_allclose(runtime.encode_regions(moved, mask=mask), runtime.encode_regions(np.asarray(split.features), mask=mask), atol=1e-6)
