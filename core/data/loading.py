@@ -66,7 +66,7 @@ class ImageSource:
 
     def __call__(self, i: int) -> torch.Tensor:
         if self.split.features is not None:
-            return torch.from_numpy(np.asarray(self.split.features[i], dtype=np.float32))
+            return torch.from_numpy(np.array(self.split.features[i], dtype=np.float32))  # copy out of the memmap
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         pixels = torch.from_numpy(self.preprocess(load_image(self.split.image_paths[i])))
