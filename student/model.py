@@ -41,9 +41,9 @@ class DualEncoder(TwoTowerModel):
                 raise ValueError("student.image_pooling 'flatten' needs a grid image tower, not region features")
             self.image_proj = make_projection(_grid_tokens(image_tower) * width, cfg.embed_dim, cfg.projection)
             self.image_local_proj = nn.Linear(width, cfg.embed_dim)  # training only: SelfAlign's local tokens
-        else:
+        else:  # pooled and local image vectors share the projection
             self.image_proj = make_projection(width, cfg.embed_dim, cfg.projection)
-            self.image_local_proj = self.image_proj
+            self.image_local_proj = None
         self.text_proj = make_projection(text_tower.out_dim, cfg.embed_dim, cfg.projection)
 
     def images_from(self, out: TokenOutput) -> torch.Tensor:
@@ -66,7 +66,7 @@ class DualEncoder(TwoTowerModel):
             "img_emb": img_emb,
             "txt_emb": txt_emb,
             "sims": img_emb @ txt_emb.T,
-            "img_local": F.normalize(self.image_local_proj(img.tokens), dim=-1),
+            "img_local": F.normalize((self.image_local_proj or self.image_proj)(img.tokens), dim=-1),
             "img_local_mask": img.mask,
             "txt_local": F.normalize(self.text_proj(txt.tokens), dim=-1),
             "txt_local_mask": txt.mask,

@@ -9,6 +9,7 @@ same pretrained tower share one cache, and a changed tower or dataset never reus
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -87,6 +88,7 @@ def _open(directory: Path) -> FrozenOutputs:
 
 
 def _cached(root: Path, key: dict, compute) -> FrozenOutputs:
+    key = json.loads(json.dumps(key))  # as it reads back from the manifest (tuples become lists)
     directory = Path(root) / sha256_json(key)[:20]
     if not ((directory / "manifest.json").is_file() and read_json(directory / "manifest.json") == key):
         compute(directory)

@@ -37,11 +37,16 @@ def test_cache_is_reused_and_keyed_by_weights(text_model_dir, splits, tmp_path):
     assert set(tmp_path.iterdir()) == entries and all((p / "tokens.npy").stat().st_mtime_ns == t for p, t in mtimes.items())
     before = weights_fingerprint(model.image_tower)
     frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), tmp_path, 8, CPU)
+    entries = set(tmp_path.iterdir())
+    image_dir = next(p for p in entries if "image" in (p / "manifest.json").read_text())
+    stamp = (image_dir / "tokens.npy").stat().st_mtime_ns
+    frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), tmp_path, 8, CPU)
+    assert (image_dir / "tokens.npy").stat().st_mtime_ns == stamp  # reused, not recomputed
     with torch.no_grad():
         next(model.image_tower.parameters()).add_(1.0)
     assert weights_fingerprint(model.image_tower) != before
     frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), tmp_path, 8, CPU)
-    assert len(set(tmp_path.iterdir())) == len(entries) + 2  # a changed tower gets its own cache
+    assert len(set(tmp_path.iterdir())) == len(entries) + 1  # a changed tower gets its own cache
 
 
 def test_trainable_towers_are_not_cached(tiny_student, splits, tmp_path):

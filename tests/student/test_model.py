@@ -46,3 +46,17 @@ def test_flatten_pooling_keeps_positions(text_model_dir):
 def test_flatten_pooling_refuses_region_features(text_model_dir):
     with pytest.raises(ValueError, match="grid image tower"):
         build_tiny("student", text_model_dir, 16, image_tower={"kind": "features"}, image_pooling="flatten")
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "tower"])
+def test_weights_round_trip(text_model_dir, tmp_path, pooling):
+    from core.checkpoint import load_weights, save_weights
+
+    model = build_tiny("student", text_model_dir, image_pooling=pooling)
+    save_weights(model, tmp_path / "m.safetensors")
+    other = build_tiny("student", text_model_dir, image_pooling=pooling)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    load_weights(other, tmp_path / "m.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
