@@ -292,22 +292,52 @@ class ExperimentConfig:
 
 
 @dataclass
+class VariantGate:
+    """What one exported variant must reproduce of the PyTorch student."""
+
+    min_cosine: float = 0.9999  # every embedding's cosine to PyTorch, on every gate input
+    max_r1_drop: float = 0.0  # points of i2t or t2i R@1 it may lose on the held-out gate set
+
+    def problems(self) -> list[str]:
+        out = [] if 0 < self.min_cosine <= 1 else [f"min_cosine: must be in (0, 1], got {self.min_cosine}"]
+        return out + _non_negative(self, "max_r1_drop")
+
+
+@dataclass
+class GateConfig:
+    """Per-variant gates: exact variants must match; reduced precision may lose a stated amount."""
+
+    fp32: VariantGate = field(default_factory=VariantGate)
+    optimized: VariantGate = field(default_factory=VariantGate)
+    fp16: VariantGate = field(default_factory=lambda: VariantGate(min_cosine=0.999, max_r1_drop=1.0))
+    int8: VariantGate = field(default_factory=lambda: VariantGate(min_cosine=0.98, max_r1_drop=2.0))
+
+
+EXPORT_VARIANTS = ("fp32", "optimized", "fp16", "int8")
+
+
+@dataclass
 class ExportConfig:
-    """ONNX export of the student's two towers and the parity gate that guards it."""
+    """ONNX export of the student's two towers, its variants, and the gates that guard them."""
 
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     opset: int = 18
-    parity_min_cosine: float = 0.9999
+    variants: list[Literal["fp32", "optimized", "fp16", "int8"]] = field(default_factory=lambda: list(EXPORT_VARIANTS))
+    gate: GateConfig = field(default_factory=GateConfig)
+    gate_images: int = 100  # held-out images (with their captions) for the retrieval part of the gate
     parity_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 7])
+    latency_repeats: int = 20  # batch-1 timings per variant for the model card
 
     def problems(self) -> list[str]:
-        out = []
-        if not 0 < self.parity_min_cosine <= 1:
-            out.append(f"parity_min_cosine: must be in (0, 1], got {self.parity_min_cosine}")
+        out = _positive(self, "gate_images", "latency_repeats")
         if not 14 <= self.opset <= 23:
             out.append(f"opset: must be between 14 and 23, got {self.opset}")
         if not self.parity_batch_sizes or any(b <= 0 for b in self.parity_batch_sizes):
             out.append("parity_batch_sizes: need positive batch sizes")
+        if "fp32" not in self.variants:
+            out.append("variants: must include fp32 (the other variants are made from it)")
+        if len(set(self.variants)) != len(self.variants):
+            out.append(f"variants: listed twice in {self.variants}")
         return out
 
 

@@ -15,6 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, target: Path, mode: int) -> None:
+    """Give the temporary file or directory the permissions a plain create would have, then rename it."""
+    os.chmod(tmp, mode & ~_umask())
+    os.replace(tmp, target)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -26,7 +40,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        _publish(tmp_path, target, 0o666)  # mkstemp makes files private
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -46,7 +60,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
-        os.replace(tmp, target)
+        _publish(tmp, target, 0o777)  # mkdtemp makes directories private
         if old is not None:
             shutil.rmtree(old)
     finally:
@@ -75,6 +89,17 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
+    """Open a .npy array (memory-mapped by default, never unpickling), naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable .npy array ({exc})") from exc
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

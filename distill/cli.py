@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from core.config import Config, ConfigError, load_config, save_config
+from export.search import add_arguments as add_search_arguments
 
 log = logging.getLogger("itr_distill")
 
@@ -17,7 +18,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import transformers
+    try:
+        import transformers
+    except ImportError:  # the torch-free runtime install (`search` only)
+        return
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -66,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
     _add_config_args(sub.add_parser("run", help="run every stage of a config"), config_required=True)
+    search = sub.add_parser("search", help="query an exported student (torch-free): text->image or image->text")
+    add_search_arguments(search)
     demo = sub.add_parser("demo", help="run every stage on the embedded default (synthetic scenes)")
     demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -83,6 +89,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def dispatch(args: argparse.Namespace, command_line: str) -> None:
+    if args.command == "search":  # before importing the stages: search must work without torch
+        from export.search import main as search_main
+
+        search_main(args)
+        return
     from distill import stages
     from distill.pipeline import run_pipeline
 
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

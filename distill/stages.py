@@ -28,7 +28,8 @@ from distill.workspace import (RunPaths, feature_dim, load_model, new_model, sav
 from eval.bench import run_benchmark
 from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
 from eval.report import write_report
-from export.onnx_export import export_student
+from eval.metrics import retrieval_metrics
+from export.onnx_export import GateData, export_student
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
 from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
@@ -210,11 +211,13 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
 
 # ---------------------------------------------------------------- export, eval, bench, report
 
-def _sample_inputs(cfg: Config, student, n: int = 8) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """Real images (or region features) and captions from the test split, for tracing and parity."""
-    split = load_split(cfg, cfg.eval.split)
-    batch = next(iter(image_loader(split.head(n), student.image_tower.preprocess(), n)))
-    return batch.images, batch.image_mask, list(split.captions[: 5 * n: 5])
+def _gate_data(cfg: Config, student) -> GateData:
+    """Held-out images (or region features) with their captions from the evaluation split, for the export gates."""
+    split = load_split(cfg, cfg.eval.split).head(cfg.export.gate_images)
+    batches = list(image_loader(split, student.image_tower.preprocess(), cfg.eval.batch_size))
+    images = torch.cat([b.images for b in batches]).numpy()
+    mask = None if batches[0].image_mask is None else torch.cat([b.image_mask for b in batches]).numpy()
+    return GateData(images, mask, list(split.captions), split.captions_per_image)
 
 
 def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool = False) -> Path:
@@ -229,12 +232,13 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
         log.info("export is up to date (%s)", paths.export)
         return paths.export
     student = load_model(student_dir, "cpu")
-    images, masks, texts = _sample_inputs(cfg, student)
-    manifest = export_student(student, paths.export, cfg.export, student.image_tower.preprocess(), images, masks,
-                              texts, weights)
+    manifest = export_student(student, paths.export, cfg.export, student.image_tower.preprocess(),
+                              _gate_data(cfg, student), weights, retrieval_metrics)
     stamp(paths.export, key)
-    log.info("exported %s to %s (parity: image cos %.6f, text cos %.6f)", student_dir.name, paths.export,
-             manifest["parity"]["image"]["min_cosine"], manifest["parity"]["text"]["min_cosine"])
+    for name, entry in manifest["variants"].items():
+        gate = entry["gate"]
+        log.info("exported %s %s: min cosine image %.6f text %.6f, R@1 drop %.1f on %d held-out images", student_dir.name,
+                 name, gate["min_cosine"]["image"], gate["min_cosine"]["text"], gate["r1_drop"], gate["retrieval"]["images"])
     return paths.export
 
 
@@ -274,13 +278,17 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
         by_name[student_dir.name] = entry
     if (paths.export / "manifest.json").is_file():
         source = _export_source(paths).name
-        metrics = metrics_for(onnx_sims(str(paths.export), split, bs), split, folds)
-        entry = {"name": "onnx", "group": "onnx", "seed": None, "source": source, "metrics": metrics}
-        if source in by_name:  # recalls must be identical; a near-tie can move a mean rank by 1/n
-            ref = by_name[source]["metrics"]
-            entry["recall_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in RECALL_KEYS)
-            entry["rank_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in metrics if k not in RECALL_KEYS)
-        systems.append(entry)
+        for variant in read_json(paths.export / "manifest.json").get("variants", {}):
+            metrics = metrics_for(onnx_sims(str(paths.export), split, bs, variant), split, folds)
+            entry = {"name": f"onnx-{variant}", "group": f"onnx-{variant}", "variant": variant, "seed": None,
+                     "source": source, "metrics": metrics}
+            if source in by_name:  # fp32 recalls must be identical; a near-tie can move a mean rank by 1/n
+                ref = by_name[source]["metrics"]
+                entry["recall_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in RECALL_KEYS)
+                entry["r1_drop_vs_pytorch"] = max(0.0, *(ref[k] - metrics[k] for k in ("i2t_r1", "t2i_r1")))
+                entry["r1_drop_bound"] = getattr(cfg.export.gate, variant).max_r1_drop
+                entry["rank_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in metrics if k not in RECALL_KEYS)
+            systems.append(entry)
     if not systems:
         raise FileNotFoundError(f"{paths.root}: nothing to evaluate yet (no teacher, students or export)")
     results = {"split": cfg.eval.split, "folds": folds, "gallery_images": split.n_images, "systems": systems}
@@ -299,7 +307,8 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
                            student.image_tower.preprocess(), cfg.bench)
     write_json(paths.bench, result)
     for row in result["rows"]:
-        log.info("%-16s %-8s %-11s %-4s p50 %.2f ms", row["measure"], row["system"], row["backend"], row["device"], row["p50_ms"])
+        log.info("%-16s %-8s %-11s %-9s %-4s p50 %.2f ms", row["measure"], row["system"], row["backend"],
+                 row.get("variant") or "", row["device"], row["p50_ms"])
     return result
 
 

@@ -17,8 +17,9 @@ import torch
 from core.config import BenchConfig
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
-from eval.latency import time_calls
-from eval.machine import machine_info
+from core.io import read_json
+from core.timing import time_calls
+from core.machine import machine_info
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
@@ -64,10 +65,10 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
 
 
 def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: BenchConfig,
-               provider: str) -> list[dict[str, Any]]:
+               provider: str, variant: str) -> list[dict[str, Any]]:
     from export.runtime import OnnxStudent
 
-    runtime = OnnxStudent(export_dir, providers=[provider], threads=cfg.threads)
+    runtime = OnnxStudent(export_dir, variant, providers=[provider], threads=cfg.threads)
     if split.features is not None:
         gallery = runtime.encode_regions(np.asarray(split.features, dtype=np.float32))
     else:
@@ -82,7 +83,8 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
         top = np.argpartition(-scores, k - 1)[:k]
         return top[np.argsort(-scores[top])]
 
-    base = {"backend": "onnxruntime", "device": "cuda" if provider.startswith("CUDA") else "cpu", "provider": provider}
+    base = {"backend": "onnxruntime", "variant": variant, "device": "cpu" if provider.startswith("CPU") else "cuda",
+            "provider": provider}
     return [
         {"measure": "caption_encoding", "system": "student", **base, "batch": 1, **time_calls(encode, cfg.warmup, cfg.repeats)},
         {"measure": "retrieval", "system": "student", **base, "gallery": split.n_images, **time_calls(query, cfg.warmup, cfg.repeats)},
@@ -99,11 +101,15 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
         torch.set_num_threads(cfg.threads)
     queries = list(split.captions[: cfg.queries])
     rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"))
-    rows += _onnx_rows(Path(export_dir), split, queries, cfg, "CPUExecutionProvider")
+    providers = ["CPUExecutionProvider"]
     if cfg.cuda and torch.cuda.is_available():
         rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"))
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        rows += _onnx_rows(Path(export_dir), split, queries, cfg, "CUDAExecutionProvider")
+        providers.append("CUDAExecutionProvider")
+    variants = read_json(Path(export_dir) / "manifest.json")["variants"]
+    for provider in providers:  # each variant where it is meant to run (int8 on the CPU, fp16 on CUDA)
+        rows += [row for name, v in variants.items() if provider in v["providers"]
+                 for row in _onnx_rows(Path(export_dir), split, queries, cfg, provider, name)]
     return {
         "machine": machine_info(),
         "split": split.name,

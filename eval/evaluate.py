@@ -27,10 +27,15 @@ def teacher_sims(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePre
     return score_all(teacher, images, captions, progress=progress)
 
 
-def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, providers: list[str] | None = None) -> np.ndarray:
+def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, variant: str = "fp32",
+              providers: list[str] | str | None = None) -> np.ndarray:
+    import warnings
+
     from export.runtime import OnnxStudent
 
-    student = OnnxStudent(export_dir, providers=providers)
+    with warnings.catch_warnings():  # evaluating a GPU variant (fp16) on the CPU is allowed here
+        warnings.simplefilter("ignore")
+        student = OnnxStudent(export_dir, variant, providers=providers)
     if split.features is not None:
         images = student.encode_regions(np.asarray(split.features, dtype=np.float32), batch_size)
     else:

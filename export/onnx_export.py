@@ -1,10 +1,11 @@
-"""Export the student's two encoders to ONNX, gated on parity with PyTorch.
+"""Export the student's two encoders to ONNX with their variants, each gated on parity with PyTorch.
 
 Each graph contains the whole encoder: tower, pooling, projection and L2 normalisation, so the
 runtime only tokenises / preprocesses and calls it. Batch and sequence axes are dynamic. After
-export, `onnx.checker` validates each file and the parity gate runs both the PyTorch module and
-ONNX Runtime on several batch sizes and caption lengths (padded and unpadded); if any embedding's
-cosine to PyTorch falls below the threshold, the export fails and nothing is written.
+export, `onnx.checker` validates each file, the variants (`export.variants`) are made from the fp32
+graphs, and every variant is loaded by the torch-free runtime and gated (`export.gate`). If any
+variant fails its gate, the export fails and nothing is written. The export directory also holds
+the tokenizer, the text encoder as a sentence-transformers model, `manifest.json` and a model card.
 """
 from __future__ import annotations
 
@@ -15,19 +16,24 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from core.config import ExportConfig
 from core.data.images import ImagePreprocess
-from core.io import atomic_dir, sha256_file, write_json
+from core.io import atomic_dir, sha256_file, write_json, write_text
+from core.machine import machine_info
+from core.timing import time_calls
+from export.gate import ExportParityError, GateData, Retrieval, check_variant, pytorch_reference
+from export.model_card import model_card
+from export.runtime import OnnxStudent
+from export.text_model import DIRNAME, save_text_model
+from export.variants import VARIANTS, build_variant
 from student.model import DualEncoder
 
-FORMAT = "itr-distill/export/v1"
-
-
-class ExportParityError(RuntimeError):
-    """The ONNX graph does not reproduce the PyTorch model within the gate's threshold."""
+FORMAT = "itr-distill/export/v2"
+__all__ = ["ExportParityError", "GateData", "export_student"]
 
 
 class _EncoderGraph(nn.Module):
@@ -59,109 +65,98 @@ def _export(module: nn.Module, args: tuple, names: list[str], dynamic: dict[str,
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _compare(reference: torch.Tensor, onnx_out: np.ndarray) -> tuple[float, float]:
-    ref = reference.detach().float().numpy()
-    cos = (ref * onnx_out).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(onnx_out, axis=-1) + 1e-12)
-    return float(cos.min()), float(np.abs(ref - onnx_out).max())
-
-
-def _text_batches(texts: list[str], batch_sizes: list[int], max_length: int) -> list[list[str]]:
-    """Batches of real captions at each size, plus edge cases: one word, and a caption past max_length."""
-    long_text = " ".join(texts[0].split() * (max_length // max(1, len(texts[0].split())) + 2))
-    pool = texts + [texts[0].split()[0], long_text]
-    batches = [[pool[(start + i) % len(pool)] for i in range(b)] for start, b in enumerate(batch_sizes)]
-    batches += [[texts[0].split()[0]], [long_text], [long_text, texts[0].split()[0]]]
-    return batches
+def _export_graphs(student: DualEncoder, directory: Path, data: GateData, cfg: ExportConfig) -> None:
+    """image_encoder.onnx and text_encoder.onnx (fp32), traced on real inputs."""
+    images = torch.from_numpy(np.ascontiguousarray(data.images[:2]))
+    if data.image_mask is None:
+        _export(_EncoderGraph(student, "encode_images").eval(), (images,), ["pixel_values"],
+                {"pixel_values": {0: "batch"}}, directory / "image_encoder.onnx", cfg.exporter, cfg.opset)
+    else:
+        mask = torch.from_numpy(np.ascontiguousarray(data.image_mask[:2]))
+        _export(_EncoderGraph(student, "encode_images").eval(), (images, mask), ["regions", "region_mask"],
+                {"regions": {0: "batch"}, "region_mask": {0: "batch"}}, directory / "image_encoder.onnx",
+                cfg.exporter, cfg.opset)
+    tokens = student.tokenize(data.captions[:2])
+    _export(_EncoderGraph(student, "encode_text").eval(), (tokens["input_ids"], tokens["attention_mask"]),
+            ["input_ids", "attention_mask"],
+            {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
+            directory / "text_encoder.onnx", cfg.exporter, cfg.opset)
 
 
-def parity_gate(student: DualEncoder, image_path: Path, text_path: Path, sample_images: torch.Tensor,
-                sample_masks: torch.Tensor | None, sample_texts: list[str], cfg: ExportConfig) -> dict[str, Any]:
-    """Compare PyTorch and ONNX Runtime embeddings; raise ExportParityError below `cfg.parity_min_cosine`."""
-    student.eval()  # the torchscript exporter restores a wrapper's training flag onto its children
-    image_sess, text_sess = _session(image_path), _session(text_path)
-    image_cos, image_diff, text_cos, text_diff = 1.0, 0.0, 1.0, 0.0
-    lengths: set[int] = set()
-    with torch.no_grad():
-        for b in cfg.parity_batch_sizes:
-            idx = torch.arange(b) % len(sample_images)
-            images = sample_images[idx]
-            if sample_masks is None:
-                ref = student.encode_images(images)
-                got = image_sess.run(None, {"pixel_values": images.numpy()})[0]
-            else:
-                ref = student.encode_images(images, sample_masks[idx])
-                got = image_sess.run(None, {"regions": images.numpy(), "region_mask": sample_masks[idx].numpy()})[0]
-            c, d = _compare(ref, got)
-            image_cos, image_diff = min(image_cos, c), max(image_diff, d)
-        for texts in _text_batches(sample_texts, cfg.parity_batch_sizes, student.text_tower.max_length):
-            tokens = student.tokenize(texts)
-            lengths.add(int(tokens["input_ids"].shape[1]))
-            ref = student.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            got = text_sess.run(None, {k: v.numpy() for k, v in tokens.items()})[0]
-            c, d = _compare(ref, got)
-            text_cos, text_diff = min(text_cos, c), max(text_diff, d)
-    report = {
-        "threshold": cfg.parity_min_cosine,
-        "batch_sizes": list(cfg.parity_batch_sizes),
-        "text_lengths": sorted(lengths),
-        "image": {"min_cosine": image_cos, "max_abs_diff": image_diff},
-        "text": {"min_cosine": text_cos, "max_abs_diff": text_diff},
+def _latency(runtime: OnnxStudent, data: GateData, repeats: int) -> dict[str, dict[str, float]]:
+    """Batch-1 caption and image encoding on the CPU, as the model card reports them."""
+    captions, rows = data.captions, len(data.images)
+    image = lambda i: _one_image(runtime, data, i % rows)
+    return {"caption_encoding_batch1": time_calls(lambda i: runtime.encode_text([captions[i % len(captions)]]), 3, repeats),
+            "image_encoding_batch1": time_calls(image, 3, repeats)}
+
+
+def _one_image(runtime: OnnxStudent, data: GateData, i: int) -> np.ndarray:
+    if data.image_mask is None:
+        return runtime.encode_pixels(data.images[i:i + 1])
+    return runtime.encode_regions(data.images[i:i + 1], mask=data.image_mask[i:i + 1])
+
+
+def _base_manifest(student: DualEncoder, cfg: ExportConfig, preprocess: ImagePreprocess | None, data: GateData,
+                   source_checkpoint: Path) -> dict[str, Any]:
+    tokenizer = student.text_tower.tokenizer
+    if data.image_mask is None:
+        image_spec = {"input": "pixel_values", "preprocess": preprocess.to_dict()}
+    else:
+        image_spec = {"input": "regions", "regions": int(data.images.shape[1]), "feature_dim": int(data.images.shape[2])}
+    return {
+        "format": FORMAT,
+        "embedding_dim": int(student.cfg.embed_dim),
+        "image": image_spec,
+        "text": {"max_length": int(student.text_tower.max_length), "tokenizer": "tokenizer/tokenizer.json",
+                 "pad_token": tokenizer.pad_token, "pad_id": int(tokenizer.pad_token_id),
+                 "sentence_transformer": DIRNAME},
+        "opset": cfg.opset,
+        "exporter": cfg.exporter,
+        "source_checkpoint": {"path": str(source_checkpoint), "sha256": sha256_file(source_checkpoint)},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
-    failed = [side for side in ("image", "text") if report[side]["min_cosine"] < cfg.parity_min_cosine]
-    if failed:
-        raise ExportParityError(f"ONNX parity gate failed for {failed}: {report}")
-    return report
 
 
 def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig, preprocess: ImagePreprocess | None,
-                   sample_images: torch.Tensor, sample_masks: torch.Tensor | None, sample_texts: list[str],
-                   source_checkpoint: str | Path) -> dict[str, Any]:
-    """Write image_encoder.onnx, text_encoder.onnx, tokenizer/ and manifest.json into `out_dir`.
+                   data: GateData, source_checkpoint: str | Path, retrieval: Retrieval) -> dict[str, Any]:
+    """Write every configured variant of both encoders, the tokenizer, the sentence-transformers text
+    model, `manifest.json` and `README.md` into `out_dir`, or raise ExportParityError and write nothing.
 
-    `sample_images` (pixels, or regions with `sample_masks`) and `sample_texts` are real inputs
-    from the data, used for tracing and for the parity gate. Returns the manifest.
+    `data` holds held-out images and captions (for tracing and the gates); `retrieval` computes
+    retrieval metrics from a similarity matrix (`eval.metrics.retrieval_metrics`). Returns the manifest.
     """
     student = student.cpu().eval()
-    out_dir = Path(out_dir)
+    out_dir, source_checkpoint = Path(out_dir), Path(source_checkpoint)
     with atomic_dir(out_dir) as tmp:
-        image_path, text_path = tmp / "image_encoder.onnx", tmp / "text_encoder.onnx"
-        if sample_masks is None:
-            _export(_EncoderGraph(student, "encode_images").eval(), (sample_images[:2],), ["pixel_values"], {"pixel_values": {0: "batch"}},
-                    image_path, cfg.exporter, cfg.opset)
-        else:
-            _export(_EncoderGraph(student, "encode_images").eval(), (sample_images[:2], sample_masks[:2]), ["regions", "region_mask"],
-                    {"regions": {0: "batch"}, "region_mask": {0: "batch"}}, image_path, cfg.exporter, cfg.opset)
-        tokens = student.tokenize(sample_texts[:2])
-        _export(_EncoderGraph(student, "encode_text").eval(), (tokens["input_ids"], tokens["attention_mask"]), ["input_ids", "attention_mask"],
-                {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
-                text_path, cfg.exporter, cfg.opset)
-        parity = parity_gate(student, image_path, text_path, sample_images, sample_masks, sample_texts, cfg)
+        _export_graphs(student, tmp, data, cfg)
         student.text_tower.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        tokenizer = student.text_tower.tokenizer
-        if sample_masks is None:
-            image_spec = {"input": "pixel_values", "preprocess": preprocess.to_dict()}
-        else:
-            image_spec = {"input": "regions", "regions": int(sample_images.shape[1]), "feature_dim": int(sample_images.shape[2])}
-        manifest = {
-            "format": FORMAT,
-            "embedding_dim": int(student.cfg.embed_dim),
-            "image": image_spec,
-            "text": {"max_length": int(student.text_tower.max_length), "tokenizer": "tokenizer/tokenizer.json",
-                     "pad_token": tokenizer.pad_token, "pad_id": int(tokenizer.pad_token_id)},
-            "opset": cfg.opset,
-            "exporter": cfg.exporter,
-            "parity": parity,
-            "source_checkpoint": {"path": str(source_checkpoint), "sha256": sha256_file(source_checkpoint)},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-        }
+        manifest = _base_manifest(student, cfg, preprocess, data, source_checkpoint)
+        manifest["variants"] = {}
+        for name in cfg.variants:
+            spec = VARIANTS[name]
+            files = build_variant(name, tmp)
+            manifest["variants"][name] = {"files": files, "precision": spec.precision, "providers": list(spec.providers),
+                                          "bytes": sum((tmp / f).stat().st_size for f in files.values())}
+        write_json(tmp / "manifest.json", manifest)  # the runtime reads it to load each variant for its gate
+        reference = pytorch_reference(student, data, cfg.parity_batch_sizes)
+        failed = []
+        for name, entry in manifest["variants"].items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runtime = OnnxStudent(tmp, name, providers="cpu")
+            entry["gate"] = check_variant(runtime, reference, data, getattr(cfg.gate, name), retrieval)
+            entry["latency_cpu"] = _latency(runtime, data, cfg.latency_repeats)
+            if not entry["gate"]["passed"]:
+                failed.append(name)
+        if failed:
+            details = {n: {k: manifest["variants"][n]["gate"][k] for k in ("min_cosine", "r1_drop", "threshold")} for n in failed}
+            raise ExportParityError(f"export gate failed for variant(s) {failed}: {details}; nothing was written "
+                                    f"(loosen export.gate.<variant> only if that loss is acceptable, or drop the variant)")
+        manifest["parity"] = manifest["variants"]["fp32"]["gate"]
+        manifest["measured_on"] = machine_info()
+        save_text_model(student, tmp / DIRNAME)
         write_json(tmp / "manifest.json", manifest)
+        write_text(tmp / "README.md", model_card(manifest))
     return manifest

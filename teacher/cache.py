@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from core.io import atomic_dir, read_json, write_json
+from core.io import atomic_dir, read_json, read_npy, write_json
 
 FORMAT = "itr-distill/score-cache/v1"
 MANIFEST, SCORES = "manifest.json", "scores.npy"
@@ -61,7 +61,7 @@ def open_score_cache(directory: str | Path, expected: dict[str, Any]) -> np.ndar
     if diffs:
         raise ScoreCacheMismatch(f"{directory}: score cache does not match this run; rerun `itr-distill teacher score`.\n  "
                                  + "\n  ".join(diffs))
-    scores = np.load(directory / SCORES, mmap_mode="r", allow_pickle=False)
+    scores = read_npy(directory / SCORES)
     if list(scores.shape) != manifest["shape"]:
         raise ScoreCacheMismatch(f"{directory / SCORES}: shape {scores.shape} differs from its manifest {manifest['shape']}")
     return scores

@@ -6,17 +6,14 @@ from pathlib import Path
 import numpy as np
 
 from core.data.records import CaptionSplit
+from core.io import read_npy
 
 
 def _read_one(features_dir: Path, split: str, k: int) -> tuple[np.ndarray, list[str]]:
     ims_path, caps_path = features_dir / f"{split}_ims.npy", features_dir / f"{split}_caps.txt"
-    for path in (ims_path, caps_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: file not found")
-    try:
-        feats = np.load(ims_path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{ims_path}: not a readable .npy array ({exc})") from exc
+    if not caps_path.is_file():
+        raise FileNotFoundError(f"{caps_path}: file not found")
+    feats = read_npy(ims_path)
     if feats.ndim != 3:
         raise ValueError(f"{ims_path}: expected (images, regions, dim), got shape {feats.shape}")
     try:

@@ -21,7 +21,7 @@ from torch import nn
 from core.data.images import ImagePreprocess
 from core.data.loading import caption_batches, image_loader
 from core.data.records import CaptionSplit
-from core.io import atomic_dir, read_json, sha256_json, write_json
+from core.io import atomic_dir, read_json, read_npy, sha256_json, write_json
 from core.progress import progress
 from core.towers.image import TokenOutput
 
@@ -83,7 +83,7 @@ def _compute(outputs: Iterable[TokenOutput], n: int, directory: Path, key: dict)
 
 
 def _open(directory: Path) -> FrozenOutputs:
-    load = lambda name: np.load(directory / name, mmap_mode="r")
+    load = lambda name: read_npy(directory / name)
     return FrozenOutputs(load("tokens.npy"), load("mask.npy"), load("pooled.npy"))
 
 

@@ -39,3 +39,18 @@ def test_read_json_errors_name_the_file(tmp_path):
 
 def test_json_hash_is_order_independent():
     assert sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1}) != sha256_json({"a": 2, "b": 1})
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    """Temporary files and directories are private; what is published must be readable like any new file."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "f.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

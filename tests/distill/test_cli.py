@@ -27,10 +27,12 @@ def test_run_writes_every_stage_output(finished_run):
         assert (run / path).is_file(), path
     results = json.loads((run / "eval" / "results.json").read_text())
     names = [s["name"] for s in results["systems"]]
-    assert names == ["teacher", "baseline-seed0", "distilled-seed0", "baseline-seed1", "distilled-seed1", "onnx"]
+    assert names == ["teacher", "baseline-seed0", "distilled-seed0", "baseline-seed1", "distilled-seed1",
+                     "onnx-fp32", "onnx-optimized", "onnx-fp16", "onnx-int8"]
     by_name = {s["name"]: s for s in results["systems"]}
-    assert all(by_name["onnx"]["metrics"][k] == by_name["distilled-seed0"]["metrics"][k] for k in ("i2t_r1", "t2i_r1", "rsum"))
-    assert by_name["onnx"]["recall_difference_vs_pytorch"] == 0.0
+    assert all(by_name["onnx-fp32"]["metrics"][k] == by_name["distilled-seed0"]["metrics"][k] for k in ("i2t_r1", "t2i_r1", "rsum"))
+    assert by_name["onnx-fp32"]["recall_difference_vs_pytorch"] == 0.0
+    assert by_name["onnx-int8"]["r1_drop_vs_pytorch"] <= by_name["onnx-int8"]["r1_drop_bound"] == 2.0
     report = (run / "report.md").read_text()
     assert "Teacher: SCAN cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
 
@@ -78,7 +80,7 @@ def test_bad_config_reports_all_problems_and_exits_2(tmp_path, capsys):
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "distill", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    for command in ("data", "teacher", "distill", "export", "eval", "bench", "report", "run", "demo"):
+    for command in ("data", "teacher", "distill", "export", "eval", "bench", "report", "run", "search", "demo"):
         assert command in done.stdout
 
 

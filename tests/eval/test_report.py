@@ -12,13 +12,16 @@ RESULTS = {"split": "test", "folds": 1, "gallery_images": 10, "systems": [
     {"name": "baseline-seed0", "group": "baseline", "seed": 0, "losses": ["contrastive"], "metrics": _metrics(200.0)},
     {"name": "baseline-seed1", "group": "baseline", "seed": 1, "losses": ["contrastive"], "metrics": _metrics(220.0)},
     {"name": "distilled-seed0", "group": "distilled", "seed": 0, "losses": ["contrastive", "kd"], "metrics": _metrics(250.0)},
-    {"name": "onnx", "group": "onnx", "seed": None, "source": "distilled-seed0", "metrics": _metrics(250.0),
-     "recall_difference_vs_pytorch": 0.0, "rank_difference_vs_pytorch": 0.0},
+    {"name": "onnx-fp32", "group": "onnx-fp32", "variant": "fp32", "seed": None, "source": "distilled-seed0",
+     "metrics": _metrics(250.0), "recall_difference_vs_pytorch": 0.0, "r1_drop_vs_pytorch": 0.0, "r1_drop_bound": 0.0},
+    {"name": "onnx-int8", "group": "onnx-int8", "variant": "int8", "seed": None, "source": "distilled-seed0",
+     "metrics": _metrics(247.0), "recall_difference_vs_pytorch": 3.0, "r1_drop_vs_pytorch": 2.5, "r1_drop_bound": 2.0},
 ]}
 BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None, "platform": "linux"}, "rows": [
     {"measure": "retrieval", "system": "teacher", "backend": "pytorch", "device": "cpu", "p50_ms": 40.0},
     {"measure": "retrieval", "system": "student", "backend": "pytorch", "device": "cpu", "p50_ms": 4.0},
-    {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "device": "cpu", "p50_ms": 1.0},
+    {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "variant": "fp32", "device": "cpu", "p50_ms": 1.0},
+    {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "variant": "int8", "device": "cpu", "p50_ms": 0.8},
     {"measure": "caption_encoding", "system": "student", "backend": "pytorch", "device": "cpu", "p50_ms": 3.0, "p95_ms": 3.5},
 ]}
 
@@ -26,13 +29,13 @@ BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None,
 def test_summary_groups_seeds_and_computes_speedups():
     s = summarise(RESULTS, BENCH)
     rows = {r["group"]: r for r in s["systems"]}
-    assert [r["group"] for r in s["systems"]] == ["teacher", "baseline", "distilled", "onnx"]
+    assert [r["group"] for r in s["systems"]] == ["teacher", "baseline", "distilled", "onnx-fp32", "onnx-int8"]
     assert rows["baseline"]["mean"]["rsum"] == 210.0 and rows["baseline"]["std"]["rsum"] == 10.0
     assert rows["teacher"]["speedup_vs_teacher"] == 1.0
     assert rows["baseline"]["speedup_vs_teacher"] == 10.0
-    assert rows["onnx"]["speedup_vs_teacher"] == 40.0
+    assert rows["onnx-fp32"]["speedup_vs_teacher"] == 40.0 and rows["onnx-int8"]["speedup_vs_teacher"] == 50.0
     assert s["checks"] == {"teacher_rsum_above_baseline": True, "distilled_rsum_above_baseline": True,
-                           "onnx_recalls_equal_pytorch": True}
+                           "onnx-fp32_recalls_equal_pytorch": True, "onnx-int8_r1_drop_within_2": False}
 
 
 def test_report_files(tmp_path):
@@ -42,6 +45,7 @@ def test_report_files(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| Teacher: SCAN cross attention | 0 |" in md
     assert "210.0 ± 10.0" in md and "40.0x" in md
+    assert "| ONNX student int8 (distilled-seed0, onnxruntime) |" in md and "onnx-int8_r1_drop_within_2: NO" in md
     assert "Reproduce: `itr-distill run x.yaml`" in md
     assert (tmp_path / "report.json").is_file()
 

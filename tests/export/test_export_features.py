@@ -5,9 +5,9 @@ import torch
 from core.config import ExportConfig
 from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
-from export.onnx_export import export_student
 from export.runtime import OnnxStudent
 from tests.conftest import build_tiny
+from tests.export.conftest import export, gate_data
 
 
 def test_region_feature_student_exports_and_runs(tmp_path, text_model_dir):
@@ -17,11 +17,10 @@ def test_region_feature_student_exports_and_runs(tmp_path, text_model_dir):
     split = read_precomputed(tmp_path, ["test"], "test")
     student = build_tiny("student", text_model_dir, 16, image_tower={"kind": "features"}, image_pooling="tower")
     batch = next(iter(image_loader(split, None, 6)))
-    weights = tmp_path / "w.bin"
-    weights.write_bytes(b"x")
-    manifest = export_student(student, tmp_path / "export", ExportConfig(), None, batch.images, batch.image_mask,
-                              list(split.captions[:6]), weights)
+    manifest = export(student, tmp_path / "export", ExportConfig(variants=["fp32", "int8"], latency_repeats=1),
+                      gate_data(student, split))
     assert manifest["image"] == {"input": "regions", "regions": 5, "feature_dim": 16}
+    assert all(v["gate"]["passed"] for v in manifest["variants"].values())
     runtime = OnnxStudent(tmp_path / "export")
     with torch.no_grad():
         ref = student.encode_images(batch.images, batch.image_mask).numpy()
@@ -31,3 +30,6 @@ def test_region_feature_student_exports_and_runs(tmp_path, text_model_dir):
     moved = np.asarray(split.features).copy()
     moved[:, 3:] = 100.0
     np.testing.assert_allclose(runtime.encode_regions(moved, mask=mask), runtime.encode_regions(np.asarray(split.features), mask=mask), atol=1e-6)
+
+    fixed = OnnxStudent(tmp_path / "export", static_batch=4)
+    np.testing.assert_allclose(fixed.encode_regions(moved, mask=mask), runtime.encode_regions(moved, mask=mask), atol=1e-5)

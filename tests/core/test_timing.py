@@ -1,6 +1,6 @@
 import pytest
 
-from eval.latency import summarize, time_calls
+from core.timing import summarize, time_calls
 
 
 def test_percentiles_use_linear_interpolation():

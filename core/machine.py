@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 from importlib import metadata
 
 
@@ -35,18 +37,30 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_info() -> dict:
-    """CPU, cores, memory, GPU (if any) and library versions."""
-    import torch
+def _gpu_name() -> str | None:
+    """The first CUDA device's name: from torch when it is loaded, else from nvidia-smi (torch-free runtime)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
 
+
+def machine_info() -> dict:
+    """CPU, cores, memory, GPU (if any) and library versions. Does not import torch itself."""
+    torch = sys.modules.get("torch")
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "memory_gib": _memory_gib(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": _gpu_name(),
         "versions": {p: _version(p) for p in ("torch", "timm", "sentence-transformers", "transformers",
                                               "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")},
     }

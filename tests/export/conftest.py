@@ -1,0 +1,35 @@
+"""One tiny student exported with every variant, shared by the export tests."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data.loading import image_loader
+from core.data.records import CaptionSplit
+from eval.metrics import retrieval_metrics
+from export.onnx_export import GateData, export_student
+
+
+def gate_data(student, split: CaptionSplit) -> GateData:
+    batch = next(iter(image_loader(split, student.image_tower.preprocess(), split.n_images)))
+    mask = None if batch.image_mask is None else batch.image_mask.numpy()
+    return GateData(batch.images.numpy(), mask, list(split.captions), split.captions_per_image)
+
+
+def export(student, out, cfg, data: GateData):
+    weights = out.parent / f"{out.name}.safetensors"
+    weights.write_bytes(b"checkpoint " + out.name.encode())
+    return export_student(student, out, cfg, student.image_tower.preprocess(), data, weights, retrieval_metrics)
+
+
+@pytest.fixture(scope="session", params=["dynamo", "torchscript"])
+def exported(request, tmp_path_factory, text_model_dir, splits):
+    """(student, export dir, manifest) for each exporter."""
+    from core.config import ExportConfig
+    from tests.conftest import build_tiny
+
+    student = build_tiny("student", text_model_dir)
+    out = tmp_path_factory.mktemp("export") / request.param
+    with torch.no_grad():
+        manifest = export(student, out, ExportConfig(exporter=request.param, latency_repeats=2), gate_data(student, splits["test"]))
+    return student, out, manifest
