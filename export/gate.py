@@ -83,19 +83,17 @@ def _cosines(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return float(cos.min()), float(np.abs(reference - got).max())
 
 
-def _encode_images(runtime, data: GateData, rows: np.ndarray) -> np.ndarray:
-    if data.image_mask is None:
-        return runtime.encode_pixels(data.images[rows])
-    return runtime.encode_regions(data.images[rows], mask=data.image_mask[rows])
+def encode_gate_images(runtime, data: GateData, rows: np.ndarray) -> np.ndarray:
+    return runtime.encode_arrays(data.images[rows], None if data.image_mask is None else data.image_mask[rows])
 
 
 def check_variant(runtime, ref: Reference, data: GateData, gate: VariantGate, retrieval: Retrieval) -> dict[str, Any]:
     """Gate figures of one loaded variant (an `export.runtime.OnnxStudent`); `passed` says if it holds."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fp16 on the CPU provider is expected here
-        image_stats = [_cosines(emb, _encode_images(runtime, data, rows)) for rows, emb in ref.image_probes]
+        image_stats = [_cosines(emb, encode_gate_images(runtime, data, rows)) for rows, emb in ref.image_probes]
         text_stats = [_cosines(emb, runtime.encode_text(texts)) for texts, emb in ref.text_probes]
-        image_emb = _encode_images(runtime, data, np.arange(len(data.images)))
+        image_emb = encode_gate_images(runtime, data, np.arange(len(data.images)))
         text_emb = runtime.encode_text(data.captions)
     lengths = sorted({int(runtime.tokenize(texts)["input_ids"].shape[1]) for texts, _ in ref.text_probes})
     torch_metrics = retrieval(ref.image_emb @ ref.text_emb.T, data.captions_per_image)

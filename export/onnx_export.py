@@ -25,7 +25,7 @@ from core.data.images import ImagePreprocess
 from core.io import atomic_dir, sha256_file, write_json, write_text
 from core.machine import machine_info
 from core.timing import time_calls
-from export.gate import ExportParityError, GateData, Retrieval, check_variant, pytorch_reference
+from export.gate import ExportParityError, GateData, Retrieval, check_variant, encode_gate_images, pytorch_reference
 from export.model_card import model_card
 from export.runtime import OnnxStudent
 from export.text_model import DIRNAME, save_text_model
@@ -86,15 +86,8 @@ def _export_graphs(student: DualEncoder, directory: Path, data: GateData, cfg: E
 def _latency(runtime: OnnxStudent, data: GateData, repeats: int) -> dict[str, dict[str, float]]:
     """Batch-1 caption and image encoding on the CPU, as the model card reports them."""
     captions, rows = data.captions, len(data.images)
-    image = lambda i: _one_image(runtime, data, i % rows)
     return {"caption_encoding_batch1": time_calls(lambda i: runtime.encode_text([captions[i % len(captions)]]), 3, repeats),
-            "image_encoding_batch1": time_calls(image, 3, repeats)}
-
-
-def _one_image(runtime: OnnxStudent, data: GateData, i: int) -> np.ndarray:
-    if data.image_mask is None:
-        return runtime.encode_pixels(data.images[i:i + 1])
-    return runtime.encode_regions(data.images[i:i + 1], mask=data.image_mask[i:i + 1])
+            "image_encoding_batch1": time_calls(lambda i: encode_gate_images(runtime, data, np.array([i % rows])), 3, repeats)}
 
 
 def _base_manifest(student: DualEncoder, cfg: ExportConfig, preprocess: ImagePreprocess | None, data: GateData,

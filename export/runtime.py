@@ -140,9 +140,8 @@ class OnnxStudent:
             image_inputs = {"regions": ((image["regions"], image["feature_dim"]), np.float32),
                             "region_mask": ((image["regions"],), np.bool_)}
         text_inputs = {"input_ids": ((self.max_length,), np.int64), "attention_mask": ((self.max_length,), np.int64)}
-        static = (lambda inputs: {k: ((static_batch, *shape), dtype) for k, (shape, dtype) in inputs.items()}) if static_batch else (lambda _: None)
-        self._image = _Runner(image_session, io_binding, static(image_inputs), self.embedding_dim)
-        self._text = _Runner(text_session, io_binding, static(text_inputs), self.embedding_dim)
+        self._image = _Runner(image_session, io_binding, self._fixed(image_inputs), self.embedding_dim)
+        self._text = _Runner(text_session, io_binding, self._fixed(text_inputs), self.embedding_dim)
         self.tokenizer = Tokenizer.from_file(str(self.dir / text["tokenizer"]))
         self.tokenizer.enable_truncation(max_length=self.max_length)
         self.tokenizer.enable_padding(pad_id=int(text["pad_id"]), pad_token=text["pad_token"],
@@ -157,6 +156,12 @@ class OnnxStudent:
     def model_id(self) -> dict[str, Any]:
         """What identifies the embedding space: indexes built by another model are refused."""
         return {"source_sha256": self.manifest["source_checkpoint"]["sha256"], "embedding_dim": self.embedding_dim}
+
+    def _fixed(self, inputs: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, tuple[tuple[int, ...], Any]] | None:
+        """Per-item input shapes with the static batch in front, or None when shapes stay dynamic."""
+        if not self.static_batch:
+            return None
+        return {name: ((self.static_batch, *shape), dtype) for name, (shape, dtype) in inputs.items()}
 
     def _batches(self, n: int, batch_size: int) -> list[slice]:
         step = self.static_batch or batch_size
@@ -186,6 +191,12 @@ class OnnxStudent:
         """Already preprocessed pixels (N, 3, H, W) float32."""
         pixels = np.asarray(pixels, dtype=np.float32)
         return self._concat([self._run(self._image, {"pixel_values": pixels[s]}) for s in self._batches(len(pixels), batch_size)])
+
+    def encode_arrays(self, images: np.ndarray, mask: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        """Preprocessed pixels (N, 3, H, W), or region features (N, R, D) with an optional mask: what this export takes."""
+        if self.preprocess is not None:
+            return self.encode_pixels(images, batch_size)
+        return self.encode_regions(images, batch_size, mask)
 
     def encode_images(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
         """PIL images or image file paths."""
