@@ -1,11 +1,14 @@
-from core.config import BenchConfig, ExportConfig
+from core.config import BenchConfig, ExportConfig, GateConfig
+from core.schema import build
 from eval.bench import run_benchmark
+from tests.conftest import TINY_GATES
 from tests.export.conftest import export, gate_data
 
 
 def test_benchmark_rows(tiny_teacher, tiny_student, splits, tmp_path):
     split = splits["test"]
-    export(tiny_student, tmp_path / "export", ExportConfig(latency_repeats=1), gate_data(tiny_student, split.head(4)))
+    cfg = ExportConfig(latency_repeats=1, gate=build(GateConfig, TINY_GATES))
+    export(tiny_student, tmp_path / "export", cfg, gate_data(tiny_student, split.head(4)))
     result = run_benchmark(tiny_teacher, tiny_student, tmp_path / "export", split, tiny_teacher.image_tower.preprocess(),
                            tiny_student.image_tower.preprocess(), BenchConfig(warmup=1, repeats=4, queries=3, cuda=False))
     keys = {(r["measure"], r["system"], r["backend"], r["device"], r.get("variant")) for r in result["rows"]}

@@ -25,11 +25,13 @@ def export(student, out, cfg, data: GateData):
 @pytest.fixture(scope="session", params=["dynamo", "torchscript"])
 def exported(request, tmp_path_factory, text_model_dir, splits):
     """(student, export dir, manifest) for each exporter."""
-    from core.config import ExportConfig
-    from tests.conftest import build_tiny
+    from core.config import ExportConfig, GateConfig
+    from core.schema import build
+    from tests.conftest import TINY_GATES, build_tiny
 
     student = build_tiny("student", text_model_dir)
     out = tmp_path_factory.mktemp("export") / request.param
+    cfg = ExportConfig(exporter=request.param, latency_repeats=2, gate=build(GateConfig, TINY_GATES))
     with torch.no_grad():
-        manifest = export(student, out, ExportConfig(exporter=request.param, latency_repeats=2), gate_data(student, splits["test"]))
+        manifest = export(student, out, cfg, gate_data(student, splits["test"]))
     return student, out, manifest

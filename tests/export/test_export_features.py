@@ -2,11 +2,12 @@
 import numpy as np
 import torch
 
-from core.config import ExportConfig
+from core.config import ExportConfig, GateConfig
 from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
+from core.schema import build
 from export.runtime import OnnxStudent
-from tests.conftest import build_tiny
+from tests.conftest import TINY_GATES, build_tiny
 from tests.export.conftest import export, gate_data
 
 
@@ -17,8 +18,8 @@ def test_region_feature_student_exports_and_runs(tmp_path, text_model_dir):
     split = read_precomputed(tmp_path, ["test"], "test")
     student = build_tiny("student", text_model_dir, 16, image_tower={"kind": "features"}, image_pooling="tower")
     batch = next(iter(image_loader(split, None, 6)))
-    manifest = export(student, tmp_path / "export", ExportConfig(variants=["fp32", "int8"], latency_repeats=1),
-                      gate_data(student, split))
+    cfg = ExportConfig(variants=["fp32", "int8"], latency_repeats=1, gate=build(GateConfig, TINY_GATES))
+    manifest = export(student, tmp_path / "export", cfg, gate_data(student, split))
     assert manifest["image"] == {"input": "regions", "regions": 5, "feature_dim": 16}
     assert all(v["gate"]["passed"] for v in manifest["variants"].values())
     runtime = OnnxStudent(tmp_path / "export")
