@@ -353,18 +353,42 @@ class EvalConfig:
         return _positive(self, "folds", "batch_size")
 
 
+# torch.compile is left out by default: on a 2-core CPU it spends about 25 s compiling the demo's encoder.
+BENCH_BACKENDS = ("pytorch-fp32", "pytorch-bf16-autocast", "pytorch-fp16-autocast",
+                  "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
+
+
 @dataclass
 class BenchConfig:
-    """Latency benchmark settings."""
+    """Latency benchmarks: per-query retrieval on the split, the encoder matrix, and gallery-size scaling."""
 
     warmup: int = 5
     repeats: int = 50
     queries: int = 30
     threads: int | None = None  # torch / onnxruntime intra-op threads (None: library default)
     cuda: bool = True  # also measure on CUDA when it is present
+    matrix: bool = True  # caption-encoder matrix: backend x batch size x caption length
+    matrix_backends: list[Literal["pytorch-fp32", "pytorch-bf16-autocast", "pytorch-fp16-autocast", "pytorch-compile",
+                                  "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt"]] = field(
+        default_factory=lambda: list(BENCH_BACKENDS))
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 64, 256])
+    caption_lengths: list[int] = field(default_factory=lambda: [8, 16, 32])  # tokens, capped at the model's maximum
+    matrix_budget_s: float = 0.25  # timed seconds per shape at most (fewer repetitions for slow shapes, at least 3)
+    scaling: bool = True  # per-query latency against gallery size
+    gallery_sizes: list[int] = field(default_factory=lambda: [1_000, 5_000, 25_000, 100_000, 1_000_000])
+    scaling_budget_s: float = 0.5  # timed seconds per gallery size at most (at least 3 queries)
+    teacher_max_gib: float = 2.0  # teacher token features held in memory at most; larger galleries are extrapolated
+    scaling_max_query_s: float = 2.0  # stop measuring the teacher once one query takes longer; extrapolate the rest
+    usable_ms: float = 100.0  # the per-query latency at which the report calls a gallery size no longer usable
 
     def problems(self) -> list[str]:
-        return _non_negative(self, "warmup") + _positive(self, "repeats", "queries")
+        out = _non_negative(self, "warmup") + _positive(self, "repeats", "queries", "matrix_budget_s", "scaling_budget_s",
+                                                         "teacher_max_gib", "scaling_max_query_s", "usable_ms")
+        for name in ("batch_sizes", "caption_lengths", "gallery_sizes"):
+            values = getattr(self, name)
+            if not values or any(v <= 0 for v in values):
+                out.append(f"{name}: need positive values, got {values}")
+        return out
 
 
 @dataclass

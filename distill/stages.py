@@ -26,6 +26,7 @@ from distill.losses import calibrated_teacher_temperature, student_objective, te
 from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
                                up_to_date)
 from eval.bench import run_benchmark
+from eval.bench_tables import write_bench_files
 from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
 from eval.report import write_report
 from eval.metrics import retrieval_metrics
@@ -306,6 +307,7 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
     result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
                            student.image_tower.preprocess(), cfg.bench)
     write_json(paths.bench, result)
+    write_bench_files(result, paths.bench.parent)
     for row in result["rows"]:
         log.info("%-16s %-8s %-11s %-9s %-4s p50 %.2f ms", row["measure"], row["system"], row["backend"],
                  row.get("variant") or "", row["device"], row["p50_ms"])

@@ -18,8 +18,11 @@ from core.config import BenchConfig
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
 from core.io import read_json
-from core.timing import time_calls
 from core.machine import machine_info
+from core.timing import time_calls
+from eval.evaluate import onnx_gallery
+from eval.matrix import run_matrix
+from eval.scaling import cost_model, ratios, student_points, teacher_points
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
@@ -70,10 +73,7 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
 
     on_gpu = provider != "CPUExecutionProvider"  # bind to the device: no host round trip per input
     runtime = OnnxStudent(export_dir, variant, providers=[provider], threads=cfg.threads, io_binding=on_gpu)
-    if split.features is not None:
-        gallery = runtime.encode_regions(np.asarray(split.features, dtype=np.float32))
-    else:
-        gallery = runtime.encode_image_files(split.image_paths)
+    gallery = onnx_gallery(runtime, split)
     k = min(TOP_K, split.n_images)
 
     def encode(i: int) -> np.ndarray:
@@ -111,7 +111,7 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
     for provider in providers:  # each variant where it is meant to run (int8 on the CPU, fp16 on CUDA)
         rows += [row for name, v in variants.items() if provider in v["providers"]
                  for row in _onnx_rows(Path(export_dir), split, queries, cfg, provider, name)]
-    return {
+    result = {
         "machine": machine_info(),
         "split": split.name,
         "gallery_images": split.n_images,
@@ -119,3 +119,27 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
                      "threads": cfg.threads},
         "rows": rows,
     }
+    if cfg.matrix:
+        result["matrix"] = run_matrix(student, export_dir, cfg)
+    if cfg.scaling:
+        result["scaling"] = _scaling(teacher, student, Path(export_dir), split, queries, teacher_pre, cfg)
+    return result
+
+
+def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split: CaptionSplit, queries: list[str],
+             teacher_pre: ImagePreprocess | None, cfg: BenchConfig) -> dict[str, Any]:
+    """Per-query latency against gallery size: the split's real gallery features, tiled to each size."""
+    from export.runtime import OnnxStudent
+
+    runtime = OnnxStudent(export_dir, "fp32", providers="cpu", threads=cfg.threads)
+    gallery = onnx_gallery(runtime, split)
+    rows = student_points(runtime, gallery, queries, cfg)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if cfg.cuda and torch.cuda.is_available() else [])
+    for device in devices:
+        teacher.to(device).eval()
+        tokens, _ = teacher_encode(teacher, split, teacher_pre, 128, device, progress=False)
+        rows += teacher_points(teacher, tokens, queries, cfg, device)
+    teacher.cpu()
+    return {"rows": rows, "cost_model": cost_model(rows, cfg.usable_ms), "ratios": ratios(rows),
+            "usable_ms": cfg.usable_ms, "embedding_dim": int(gallery.shape[1]),
+            "teacher_tokens": {"regions": int(tokens.tokens.shape[1]), "dim": int(tokens.tokens.shape[2])}}

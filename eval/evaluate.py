@@ -36,11 +36,14 @@ def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, variant: st
     with warnings.catch_warnings():  # evaluating a GPU variant (fp16) on the CPU is allowed here
         warnings.simplefilter("ignore")
         student = OnnxStudent(export_dir, variant, providers=providers)
+    return onnx_gallery(student, split, batch_size) @ student.encode_text(list(split.captions), batch_size).T
+
+
+def onnx_gallery(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarray:
+    """Image embeddings of a split by an exported student (`export.runtime.OnnxStudent`)."""
     if split.features is not None:
-        images = student.encode_regions(np.asarray(split.features, dtype=np.float32), batch_size)
-    else:
-        images = student.encode_image_files(split.image_paths, batch_size)
-    return images @ student.encode_text(list(split.captions), batch_size).T
+        return runtime.encode_regions(np.asarray(split.features, dtype=np.float32), batch_size)
+    return runtime.encode_image_files(split.image_paths, batch_size)
 
 
 def metrics_for(sims: np.ndarray, split: CaptionSplit, folds: int = 1) -> dict[str, float]:

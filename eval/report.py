@@ -8,6 +8,8 @@ import numpy as np
 
 from core.io import read_json, write_json, write_text
 from core.machine import describe
+from eval.bench_tables import scaling_markdown
+from eval.figures import accuracy_vs_latency, latency_vs_gallery
 
 METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
@@ -72,7 +74,41 @@ def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
             checks[f"{group}_r1_drop_within_{entry['r1_drop_bound']:g}"] = entry["r1_drop_vs_pytorch"] <= entry["r1_drop_bound"]
     return {"split": results["split"], "folds": results.get("folds", 1), "gallery_images": results.get("gallery_images"),
             "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
-            [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"]}
+            [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
+            "scaling": bench.get("scaling"), "matrix": bench.get("matrix")}
+
+
+COST_MODEL = ("Cost model. Per text query the student pays one caption encoding plus N·d multiply-adds for the search "
+              "(N gallery images, d = {d}) and holds N·d numbers; the teacher pays its caption encoding plus cross "
+              "attention over N·R·L·D (R = {r} regions, L words, D = {D}) and must hold N·R·D token features. Both "
+              "grow linearly in N, the teacher's cost per image {ratio:.0f} times the student's here (fitted below), so "
+              "the gallery size at which each stops being usable is where its line crosses {usable:g} ms.")
+
+
+def _scaling_lines(summary: dict, figure: str | None) -> list[str]:
+    scaling = summary["scaling"]
+    fits = {c["system"]: c for c in scaling["cost_model"] if c["method"] in ("exact-numpy", "scan-pytorch-cpu")}
+    lines = ["", "## Latency against gallery size", ""]
+    if {"student", "teacher"} <= fits.keys():
+        lines += [COST_MODEL.format(d=scaling["embedding_dim"], r=scaling["teacher_tokens"]["regions"],
+                                    D=scaling["teacher_tokens"]["dim"], usable=scaling["usable_ms"],
+                                    ratio=fits["teacher"]["ms_per_image"] / fits["student"]["ms_per_image"]), ""]
+    lines += scaling_markdown(scaling)
+    if figure:
+        lines += ["", f"![latency against gallery size]({figure})"]
+    return lines
+
+
+def _matrix_lines(summary: dict) -> list[str]:
+    """Batch 1 and the largest batch at the longest caption, per backend (the whole matrix is in bench/bench.md)."""
+    matrix = summary["matrix"]
+    longest, largest = max(matrix["settings"]["caption_lengths"]), max(matrix["settings"]["batch_sizes"])
+    rows = [r for r in matrix["rows"] if r["length"] == longest and r["batch"] in (1, largest)]
+    lines = ["", f"## Caption encoder, {longest} tokens (whole matrix: `bench/bench.md`)", "",
+             "| backend | batch | p50 ms | p99 ms | captions/s | of matmul rate |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput_per_s']:.0f} | "
+              f"{100 * r['fraction_of_matmul_rate']:.1f}% |" for r in rows]
+    return lines
 
 
 def _fmt(row: dict, key: str) -> str:
@@ -80,7 +116,7 @@ def _fmt(row: dict, key: str) -> str:
     return f"{mean:.1f} ± {std:.1f}" if len(row["seeds"]) > 1 else f"{mean:.1f}"
 
 
-def to_markdown(summary: dict, command: str) -> str:
+def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = None) -> str:
     lines = [
         "# itr-distill report",
         "",
@@ -103,6 +139,13 @@ def to_markdown(summary: dict, command: str) -> str:
                   "| backend | variant | device | p50 ms | p95 ms |", "|---|---|---|---|---|"]
         lines += [f"| {r['backend']} | {r.get('variant') or '-'} | {r['device']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |"
                   for r in summary["caption_encoding"]]
+    figures = figures or {}
+    if "accuracy" in figures:
+        lines += ["", f"![accuracy against latency]({figures['accuracy']})"]
+    if summary.get("scaling"):
+        lines += _scaling_lines(summary, figures.get("gallery"))
+    if summary.get("matrix"):
+        lines += _matrix_lines(summary)
     if summary["checks"]:
         lines += ["", "Checks:", ""] + [f"- {name}: {'yes' if ok else 'NO'}" for name, ok in summary["checks"].items()]
     if summary.get("machine"):
@@ -119,6 +162,14 @@ def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
     bench = read_json(bench_path) if bench_path.exists() else None
     summary = summarise(results, bench)
     summary["command"] = command
+    (run_dir / "figures").mkdir(exist_ok=True)
+    figures = {}
+    if accuracy_vs_latency(summary, run_dir / "figures" / "accuracy_vs_latency.png"):
+        figures["accuracy"] = "figures/accuracy_vs_latency.png"
+    if summary.get("scaling"):
+        latency_vs_gallery(summary["scaling"], summary["machine"], run_dir / "figures" / "latency_vs_gallery.png")
+        figures["gallery"] = "figures/latency_vs_gallery.png"
+    summary["figures"] = figures
     write_json(run_dir / "report.json", summary)
-    write_text(run_dir / "report.md", to_markdown(summary, command))
+    write_text(run_dir / "report.md", to_markdown(summary, command, figures))
     return summary

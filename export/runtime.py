@@ -183,6 +183,11 @@ class OnnxStudent:
             "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
         }
 
+    def encode_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Already tokenised captions (N, L) int64, in one call (benchmarks feed fixed shapes)."""
+        return self._run(self._text, {"input_ids": np.asarray(input_ids, dtype=np.int64),
+                                      "attention_mask": np.asarray(attention_mask, dtype=np.int64)})
+
     def encode_text(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         texts = list(texts)
         return self._concat([self._run(self._text, self.tokenize(texts[s])) for s in self._batches(len(texts), batch_size)])

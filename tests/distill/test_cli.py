@@ -37,6 +37,26 @@ def test_run_writes_every_stage_output(finished_run):
     assert "Teacher: SCAN cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
 
 
+def test_bench_writes_matrix_scaling_and_figures(finished_run):
+    import csv
+
+    _, run = finished_run
+    for path in ("bench/matrix.csv", "bench/scaling.csv", "bench/bench.md", "figures/accuracy_vs_latency.png",
+                 "figures/latency_vs_gallery.png"):
+        assert (run / path).is_file(), path
+    for png in (run / "figures").iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scaling = list(csv.DictReader((run / "bench" / "scaling.csv").open()))
+    teacher = [r for r in scaling if r["system"] == "teacher"]
+    assert [r["gallery"] for r in teacher] == ["16", "64", "256"]
+    assert teacher[-1]["measured"] == "False" and "teacher_max_gib" in teacher[-1]["reason"]
+    assert {r["method"] for r in scaling if r["system"] == "student"} >= {"exact-numpy", "faiss-flat"}
+    report = (run / "report.md").read_text()
+    for text in ("## Latency against gallery size", "Cost model.", "(extrapolated)", "figures/latency_vs_gallery.png",
+                 "## Caption encoder", "onnxruntime-cpu-int8"):
+        assert text in report, text
+
+
 def test_rerun_skips_up_to_date_stages(finished_run, caplog):
     config, run = finished_run
     before = (run / "teacher" / "model.safetensors").stat().st_mtime_ns

@@ -54,3 +54,27 @@ def test_report_without_bench(tmp_path):
     write_json(tmp_path / "eval" / "results.json", RESULTS)
     s = write_report(tmp_path, "cmd")
     assert all(r["latency_p50_ms"] is None for r in s["systems"])
+
+
+def test_report_assembles_scaling_matrix_and_figures(tmp_path):
+    scaling_rows = [{"system": "student", "method": "exact-numpy", "gallery": n, "measured": True, "p50_ms": 0.1 + 1e-5 * n}
+                    for n in (1000, 10000)]
+    scaling_rows += [{"system": "teacher", "method": "scan-pytorch-cpu", "gallery": 1000, "measured": True, "p50_ms": 10.0},
+                     {"system": "teacher", "method": "scan-pytorch-cpu", "gallery": 10000, "measured": False, "p50_ms": 100.0,
+                      "reason": "too big"}]
+    from eval.scaling import cost_model, ratios
+
+    scaling = {"rows": scaling_rows, "cost_model": cost_model(scaling_rows, 50.0), "ratios": ratios(scaling_rows),
+               "usable_ms": 50.0, "embedding_dim": 8, "teacher_tokens": {"regions": 4, "dim": 16}}
+    matrix = {"rows": [{"backend": "onnxruntime-cpu-fp32", "batch": b, "length": 8, "p50_ms": 1.0, "p99_ms": 2.0,
+                        "throughput_per_s": 100.0 * b, "fraction_of_matmul_rate": 0.1} for b in (1, 4)],
+              "settings": {"caption_lengths": [8], "batch_sizes": [1, 4]}}
+    write_json(tmp_path / "eval" / "results.json", RESULTS)
+    write_json(tmp_path / "bench" / "latency.json", {**BENCH, "scaling": scaling, "matrix": matrix})
+    summary = write_report(tmp_path, "cmd")
+    md = (tmp_path / "report.md").read_text()
+    assert "d = 8" in md and "R = 4 regions" in md and "| teacher | scan-pytorch-cpu | 10.00 | 100.00 (extrapolated) |" in md
+    assert "| teacher / student (cpu) | ratio | 91x | 500x (extrapolated) |" in md  # 10 / 0.11, 100 / 0.2
+    assert "| onnxruntime-cpu-fp32 | 4 | 1.000 | 2.000 | 400 | 10.0% |" in md
+    assert summary["figures"] == {"accuracy": "figures/accuracy_vs_latency.png", "gallery": "figures/latency_vs_gallery.png"}
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"].values())

@@ -1,0 +1,76 @@
+"""The report's figures (PNG): accuracy against per-query latency, and latency against gallery size.
+
+Each figure says in its own text what was measured, on which split and on which machine, so it can
+be read without the report around it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+from core.machine import describe  # noqa: E402
+
+
+def _footnote(fig, text: str) -> None:
+    fig.text(0.01, 0.01, text, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+
+
+def accuracy_vs_latency(summary: dict[str, Any], path: str | Path) -> Path | None:
+    """rsum (mean ± std over seeds) against per-query p50 latency, log x, one point per system."""
+    rows = [r for r in summary["systems"] if r["latency_p50_ms"] is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^vP*Xhp"
+    for i, r in enumerate(rows):
+        ax.errorbar(r["latency_p50_ms"], r["mean"]["rsum"], yerr=r["std"]["rsum"] if len(r["seeds"]) > 1 else None,
+                    fmt=markers[i % len(markers)], capsize=3, label=f"{r['label']} — {r['latency_backend']}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=6, loc="best")
+    ax.set_xlabel(f"per-query latency, p50 (ms, log scale): one text query against {summary['gallery_images']} images")
+    ax.set_ylabel("rsum (sum of R@1/5/10, both directions)")
+    ax.set_title(f"Accuracy against latency — {summary['split']} split")
+    ax.grid(True, which="both", alpha=0.3)
+    _footnote(fig, f"Measured on {describe(summary['machine'])}" if summary.get("machine") else "machine unknown")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def latency_vs_gallery(scaling: dict[str, Any], machine: dict[str, Any], path: str | Path) -> Path:
+    """Per-query p50 against gallery size on log-log axes; extrapolated points hollow and dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system, method in sorted({(r["system"], r["method"]) for r in scaling["rows"]}):
+        points = sorted((r for r in scaling["rows"] if (r["system"], r["method"]) == (system, method)),
+                        key=lambda r: r["gallery"])
+        measured = [r for r in points if r["measured"]]
+        line, = ax.plot([r["gallery"] for r in measured], [r["p50_ms"] for r in measured], "o-", label=f"{system}: {method}")
+        guessed = [r for r in points if not r["measured"]]
+        if guessed:
+            tail = measured[-1:] + guessed
+            ax.plot([r["gallery"] for r in tail], [r["p50_ms"] for r in tail], "o--", color=line.get_color(),
+                    markerfacecolor="none", label=f"{system}: {method} (extrapolated)")
+    ax.axhline(scaling["usable_ms"], color="0.5", linestyle=":", linewidth=1)
+    ax.text(ax.get_xlim()[0], scaling["usable_ms"], f" {scaling['usable_ms']:g} ms", fontsize=7, va="bottom", color="0.4")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gallery size (images, log scale)")
+    ax.set_ylabel("per-query latency, p50 (ms, log scale)")
+    ax.set_title("One text query, end to end (caption in, top 10 out)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    _footnote(fig, f"Measured on {describe(machine)}; hollow dashed points extrapolated from a + b·N fitted to the measured ones.")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
