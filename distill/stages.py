@@ -244,8 +244,11 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
 
 
 def _export_source(paths: RunPaths) -> Path:
-    """The student directory an export was made from (recorded in its manifest)."""
-    return Path(read_json(paths.export / "manifest.json")["source_checkpoint"]["path"]).parent
+    """The student directory an export was made from (recorded in its manifest), in this run directory if it
+    is there: the run may have moved since the export, or be read from another working directory."""
+    recorded = Path(read_json(paths.export / "manifest.json")["source_checkpoint"]["path"]).parent
+    here = paths.root / "students" / recorded.name
+    return here if here.is_dir() else recorded
 
 
 def _student_dirs(cfg: Config) -> list[Path]:

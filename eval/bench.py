@@ -131,9 +131,14 @@ def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split
     """Per-query latency against gallery size: the split's real gallery features, tiled to each size."""
     from export.runtime import OnnxStudent
 
+    import onnxruntime as ort
+
     runtime = OnnxStudent(export_dir, "fp32", providers="cpu", threads=cfg.threads)
+    gpu_runtime = None
+    if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        gpu_runtime = OnnxStudent(export_dir, "fp32", providers="cuda", io_binding=True)
     gallery = onnx_gallery(runtime, split)
-    rows = student_points(runtime, gallery, queries, cfg)
+    rows = student_points(runtime, gallery, queries, cfg, gpu_runtime)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if cfg.cuda and torch.cuda.is_available() else [])
     for device in devices:
         teacher.to(device).eval()

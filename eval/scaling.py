@@ -35,8 +35,10 @@ def _tile(n: int, base: int) -> np.ndarray:
     return np.arange(n) % base
 
 
-def student_points(runtime, gallery: np.ndarray, queries: list[str], cfg: BenchConfig) -> list[dict[str, Any]]:
-    """Student per-query latency: ONNX caption encoding + exact search (NumPy, FAISS when installed, torch on CUDA)."""
+def student_points(runtime, gallery: np.ndarray, queries: list[str], cfg: BenchConfig,
+                   gpu_runtime=None) -> list[dict[str, Any]]:
+    """Student per-query latency: ONNX caption encoding + exact search (NumPy, FAISS when installed, torch on
+    CUDA, where the caption is encoded by `gpu_runtime` if given)."""
     from export.index import faiss_available
 
     rows = []
@@ -56,7 +58,8 @@ def student_points(runtime, gallery: np.ndarray, queries: list[str], cfg: BenchC
                          **_time(lambda i: index.search(encode(i)[None], min(TOP_K, n)), cfg)})
         if cfg.cuda and torch.cuda.is_available():
             on_gpu = torch.from_numpy(emb).cuda()
-            search = lambda i: (on_gpu @ torch.from_numpy(encode(i)).cuda()).topk(min(TOP_K, n)).indices.cpu()
+            encode_gpu = lambda i: (gpu_runtime or runtime).encode_text([queries[i % len(queries)]])[0]
+            search = lambda i: (on_gpu @ torch.from_numpy(encode_gpu(i)).cuda()).topk(min(TOP_K, n)).indices.cpu()
             rows.append({"system": "student", "method": "exact-torch-cuda", "gallery": n, "measured": True,
                          "gallery_bytes": emb.nbytes,
                          **_time(search, cfg, torch.cuda.synchronize)})
