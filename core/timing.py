@@ -26,8 +26,8 @@ def time_calls(fn: Callable[[int], Any], warmup: int, repeats: int, sync: Callab
     """Call `fn(i)` `warmup` times, then `repeats` times timed; `sync` waits for a device.
 
     The first warm-up call is timed on its own as `first_call_ms` (cold: allocation, compilation,
-    graph capture). With `budget_s`, slow calls get fewer repetitions (at least 3), about
-    `budget_s` seconds' worth, so one benchmark can span microseconds and seconds.
+    graph capture). With `budget_s`, slow calls get fewer warm-up calls and fewer repetitions (at
+    least 3), about `budget_s` seconds' worth each, so one benchmark can span microseconds and seconds.
     """
     def timed(i: int) -> float:
         start = time.perf_counter_ns()
@@ -38,6 +38,8 @@ def time_calls(fn: Callable[[int], Any], warmup: int, repeats: int, sync: Callab
 
     first = timed(0) if warmup else None
     for i in range(1, warmup):
+        if budget_s is not None and first * i > budget_s:
+            break  # slow calls: warming up further would cost more than the measurement
         fn(i)
     if sync:
         sync()

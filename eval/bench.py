@@ -22,7 +22,7 @@ from core.machine import machine_info
 from core.timing import time_calls
 from eval.evaluate import onnx_gallery
 from eval.matrix import run_matrix
-from eval.scaling import cost_model, ratios, student_points, teacher_points
+from eval.scaling import cost_model, ratios, scaling_unavailable, student_points, teacher_points
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
@@ -146,5 +146,6 @@ def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split
         rows += teacher_points(teacher, tokens, queries, cfg, device)
     teacher.cpu()
     return {"rows": rows, "cost_model": cost_model(rows, cfg.usable_ms), "ratios": ratios(rows),
+            "unavailable": scaling_unavailable(cfg),
             "usable_ms": cfg.usable_ms, "embedding_dim": int(gallery.shape[1]),
             "teacher_tokens": {"regions": int(tokens.tokens.shape[1]), "dim": int(tokens.tokens.shape[2])}}

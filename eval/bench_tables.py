@@ -52,6 +52,8 @@ def scaling_markdown(scaling: dict[str, Any]) -> list[str]:
         lines.append("| teacher / student (cpu) | ratio | " + " | ".join(
             "-" if n not in ratio else f"{ratio[n]['teacher_over_student']:.0f}x" + ("" if ratio[n]["teacher_measured"] else " (extrapolated)")
             for n in sizes) + " |")
+    if scaling.get("unavailable"):
+        lines += ["", "Not measured here: " + "; ".join(f"{u['method']} ({u['reason']})" for u in scaling["unavailable"]) + "."]
     lines += ["", "Cost model fitted to the measured points (p50 = fixed + per-image x N):", "",
               f"| system | method | fixed ms | µs per gallery image | usable up to (p50 ≤ {scaling['usable_ms']:g} ms) |",
               "|---|---|---|---|---|"]

@@ -66,6 +66,16 @@ def student_points(runtime, gallery: np.ndarray, queries: list[str], cfg: BenchC
     return rows
 
 
+def scaling_unavailable(cfg: BenchConfig) -> list[dict[str, str]]:
+    """The search methods `student_points` could not measure here, with the reason."""
+    from export.index import faiss_available
+
+    out = [] if faiss_available() else [{"method": "faiss-flat", "reason": "faiss is not installed"}]
+    if not (cfg.cuda and torch.cuda.is_available()):
+        out.append({"method": "exact-torch-cuda", "reason": "no CUDA device" if cfg.cuda else "bench.cuda is false"})
+    return out
+
+
 def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
     """Least-squares a + b·N (ms) through measured points."""
     n = np.array([p["gallery"] for p in points], dtype=np.float64)

@@ -24,6 +24,9 @@ def test_budget_cuts_repetitions_of_slow_calls():
 
     stats = time_calls(lambda i: time.sleep(0.02), warmup=1, repeats=100, budget_s=0.1)
     assert 3 <= stats["n"] <= 6 and stats["first_call_ms"] >= 20
+    calls = []
+    slow = time_calls(lambda i: (calls.append(i), time.sleep(0.05)), warmup=10, repeats=100, budget_s=0.1)
+    assert slow["n"] == 3 and len(calls) <= 3 + 3  # at most 3 warm-up calls (0.05 s each within 0.1 s) and 3 timed
     assert time_calls(lambda i: None, warmup=1, repeats=7, budget_s=10.0)["n"] == 7
 
 

@@ -51,6 +51,7 @@ def test_bench_writes_matrix_scaling_and_figures(finished_run):
     assert [r["gallery"] for r in teacher] == ["16", "64", "256"]
     assert teacher[-1]["measured"] == "False" and "teacher_max_gib" in teacher[-1]["reason"]
     assert {r["method"] for r in scaling if r["system"] == "student"} >= {"exact-numpy", "faiss-flat"}
+    assert "Not measured here: exact-torch-cuda (no CUDA device)" in (run / "bench" / "bench.md").read_text()
     report = (run / "report.md").read_text()
     for text in ("## Latency against gallery size", "Cost model.", "(extrapolated)", "figures/latency_vs_gallery.png",
                  "## Caption encoder", "onnxruntime-cpu-int8"):

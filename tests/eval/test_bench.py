@@ -8,7 +8,7 @@ from tests.export.conftest import export, gate_data
 def test_benchmark_rows(tiny_teacher, tiny_student, splits, tmp_path):
     split = splits["test"]
     cfg = ExportConfig(latency_repeats=1, gate=build(GateConfig, TINY_GATES))
-    export(tiny_student, tmp_path / "export", cfg, gate_data(tiny_student, split.head(4)))
+    export(tiny_student, tmp_path / "export", cfg, gate_data(tiny_student, split))  # 16 images, as TINY_GATES assumes
     result = run_benchmark(tiny_teacher, tiny_student, tmp_path / "export", split, tiny_teacher.image_tower.preprocess(),
                            tiny_student.image_tower.preprocess(), BenchConfig(warmup=1, repeats=4, queries=3, cuda=False))
     keys = {(r["measure"], r["system"], r["backend"], r["device"], r.get("variant")) for r in result["rows"]}
