@@ -19,6 +19,7 @@ import numpy as np
 from core.io import write_json, write_text
 from core.machine import machine_info
 from core.timing import time_calls
+from export.providers import PROVIDER_ALIASES
 from export.runtime import OnnxStudent, resolve_providers
 
 CAPTIONS = ["a dog runs on the beach", "two children play football in a park near a big tree",
@@ -86,7 +87,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.device_check", description=__doc__.splitlines()[0])
     ap.add_argument("export_dir")
-    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda", "tensorrt"])
+    ap.add_argument("--device", default="cuda", choices=sorted(PROVIDER_ALIASES))
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--reference", default="fp32", help="variant run on the CPU provider as the reference (default fp32)")
     ap.add_argument("--out", default=".", help="directory for device_check.json and device_check.md")

@@ -22,12 +22,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from core.data.images import ImagePreprocess, load_image
+from export.providers import PROVIDER_ALIASES
 
-PROVIDER_ALIASES = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-}
 
 
 class ProviderError(RuntimeError):

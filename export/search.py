@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.index import GalleryIndex
-from export.runtime import PROVIDER_ALIASES, OnnxStudent
+from export.providers import PROVIDER_ALIASES
+
+if TYPE_CHECKING:
+    from export.runtime import OnnxStudent
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -51,7 +54,7 @@ def _gallery_items(path: Path) -> tuple[str, list[str]]:
     raise FileNotFoundError(f"{path}: no such gallery directory or caption file")
 
 
-def build_index(model: OnnxStudent, gallery: str | Path, batch_size: int = 64) -> GalleryIndex:
+def build_index(model: "OnnxStudent", gallery: str | Path, batch_size: int = 64) -> GalleryIndex:
     modality, items = _gallery_items(Path(gallery))
     emb = model.encode_image_files(items, batch_size) if modality == "image" else model.encode_text(items, batch_size)
     return GalleryIndex(emb, items, modality, {**model.model_id, "variant": model.variant})
@@ -62,6 +65,8 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
     if not args.query and not args.image and not args.save_index:
         raise ValueError("nothing to do: give --query TEXT or --image PATH (or --save-index DIR)")
+    from export.runtime import OnnxStudent  # onnxruntime loads only when a search runs, not with the CLI
+
     model = OnnxStudent(args.export_dir, args.variant, providers=args.device)
     if args.index:
         index = GalleryIndex.load(args.index, expect_model=model.model_id)
