@@ -171,16 +171,31 @@ class TrainConfig:
 
 @dataclass
 class ScanConfig:
-    """SCAN stacked cross attention (Lee et al., ECCV 2018)."""
+    """SCAN stacked cross attention (Lee et al., ECCV 2018); `ensemble` averages t2i and i2t."""
 
-    direction: Literal["t2i", "i2t"] = "t2i"
+    direction: Literal["t2i", "i2t", "ensemble"] = "t2i"
     aggregation: Literal["lse", "mean"] = "lse"
-    lambda_softmax: float = 9.0
+    lambda_softmax: float = 9.0  # t2i (words attend over regions)
     lambda_lse: float = 6.0
+    i2t_lambda_softmax: float = 4.0  # i2t (regions attend over words): direction i2t, the ensemble, IMRAM image side
+    i2t_lambda_lse: float = 5.0
     max_chunk_elements: int = 1 << 20  # word-region logits per block: bounds memory; ~1M fits the CPU cache
 
     def problems(self) -> list[str]:
-        return _positive(self, "lambda_softmax", "lambda_lse", "max_chunk_elements")
+        return _positive(self, "lambda_softmax", "lambda_lse", "i2t_lambda_softmax", "i2t_lambda_lse",
+                         "max_chunk_elements")
+
+
+@dataclass
+class ImramConfig:
+    """IMRAM iterative matching (Chen et al., CVPR 2020): `steps` alignment steps, the query refined
+    between steps by a gated memory unit; text side (words query regions), image side or both."""
+
+    steps: int = 3
+    side: Literal["text", "image", "full"] = "full"
+
+    def problems(self) -> list[str]:
+        return _positive(self, "steps")
 
 
 @dataclass
@@ -191,16 +206,32 @@ class TeacherConfig:
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 256
     projection: Literal["linear", "mlp"] = "linear"  # token projection into the joint space
+    matching: Literal["scan", "imram"] = "scan"  # the fine-grained score
     scan: ScanConfig = field(default_factory=ScanConfig)
+    imram: ImramConfig = field(default_factory=ImramConfig)
     global_weight: float = 1.0  # adds global_weight * cos(pooled image, pooled caption) to the score
     margin: float = 0.2
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
     sum_violation_epochs: int = 4  # warm up with the sum of violations for this many epochs
-    max_cache_gib: float = 8.0  # refuse dense score caches larger than this
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
 
     def problems(self) -> list[str]:
         return _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
+
+
+@dataclass
+class ScoresConfig:
+    """Teacher score caches of the training split: all pairs (in-batch KD) and the top-K candidates
+    of every caption and every image from a first-stage dual encoder."""
+
+    top_k: int = 0  # candidates per query; 0: no top-K cache
+    generator: str = "baseline"  # baseline | distilled (the first seed's student) | a student or export directory
+    shard_queries: int = 1024  # queries per part: the unit of resumption and of sharding across torchrun ranks
+    bf16: bool = True  # bf16 autocast when the teacher scores on a GPU (CPU scoring stays float32)
+    max_dense_gib: float = 8.0  # refuse all-pairs caches larger than this
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "top_k") + _positive(self, "shard_queries", "max_dense_gib")
 
 
 @dataclass
@@ -348,9 +379,13 @@ class EvalConfig:
     split: Literal["val", "test"] = "test"
     folds: int = 1  # 5: COCO 1K protocol
     batch_size: int = 128
+    rerank_k: list[int] = field(default_factory=lambda: [10, 50, 100])  # student top-K re-ranked by the teacher
 
     def problems(self) -> list[str]:
-        return _positive(self, "folds", "batch_size")
+        out = _positive(self, "folds", "batch_size")
+        if any(k <= 0 for k in self.rerank_k):
+            out.append(f"rerank_k: need positive values, got {self.rerank_k}")
+        return out
 
 
 # torch.compile is left out by default: on a 2-core CPU it spends about 25 s compiling the demo's encoder.
@@ -400,6 +435,7 @@ class Config:
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    scores: ScoresConfig = field(default_factory=ScoresConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -55,9 +55,13 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(sub.add_parser("data", help="generate (synthetic) and check the dataset splits"))
     teacher = sub.add_parser("teacher", help="teacher stages").add_subparsers(dest="teacher_command", required=True)
     _add_config_args(teacher.add_parser("fit", help="fit the SCAN teacher (VSE++ hinge)"))
-    score = teacher.add_parser("score", help="score every pair of a split into a score cache")
+    score = teacher.add_parser("score", help="score a split into a teacher score cache (all pairs, or each query's "
+                                             "top-K candidates; the top-K job resumes and shards under torchrun)")
     _add_config_args(score)
     score.add_argument("--split", default="train", choices=["train", "val", "test"])
+    score.add_argument("--cache", default="all-pairs", choices=["all-pairs", "top-k"],
+                       help="all-pairs: every image with every caption; top-k: scores.top_k candidates per query "
+                            "from scores.generator")
     distill = sub.add_parser("distill", help="train one student")
     _add_config_args(distill)
     distill.add_argument("--variant", default="distilled", choices=["distilled", "baseline"])
@@ -66,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(export)
     export.add_argument("--student", help="student directory (default: distilled student of the first seed)")
     _add_config_args(sub.add_parser("eval", help="evaluate teacher, students and ONNX student"))
-    _add_config_args(sub.add_parser("bench", help="latency benchmark"))
+    _add_config_args(sub.add_parser("bench", help="latency benchmark of a run; `bench teacher [options]`: teacher "
+                                                  "scoring speed against the per-caption loop and the matmul floor"))
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
     _add_config_args(sub.add_parser("run", help="run every stage of a config"), config_required=True)
@@ -109,6 +114,8 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         stages.stage_data(cfg, args.force)
     elif args.command == "teacher" and args.teacher_command == "fit":
         stages.stage_teacher_fit(cfg, args.force)
+    elif args.command == "teacher" and args.cache == "top-k":
+        stages.stage_teacher_topk(cfg, args.split, args.force)
     elif args.command == "teacher":
         stages.stage_teacher_score(cfg, args.split, args.force)
     elif args.command == "distill":
@@ -123,6 +130,10 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["bench", "teacher"]:  # its own options, no run directory
+        from eval.teacher_bench import main as teacher_bench_main
+
+        return teacher_bench_main(argv[2:])
     args = parser().parse_args(argv)
     if args.command == "demo" and args.run_dir is None:
         args.run_dir = "runs/demo"

@@ -8,24 +8,28 @@ from typing import Any
 
 from core.config import Config, save_config
 from distill.losses import uses_teacher
-from distill.stages import (VARIANTS, stage_bench, stage_data, stage_distill, stage_eval, stage_export, stage_report,
-                            stage_teacher_fit, stage_teacher_score, variant_config)
+from distill.stages import (stage_bench, stage_data, stage_distill, stage_eval, stage_export, stage_report,
+                            stage_teacher_fit, stage_teacher_score, stage_teacher_topk, variant_config)
 
 log = logging.getLogger("itr_distill")
 
 
 def run_pipeline(cfg: Config, command: str, force: bool = False) -> dict[str, Any]:
-    """data -> teacher fit -> teacher score -> students (variants x seeds) -> export -> eval -> bench -> report."""
+    """data -> teacher fit -> baseline students -> teacher score caches -> distilled students -> export
+    -> eval -> bench -> report. Baselines come first: one of them can be the top-K cache's first stage."""
     started = time.perf_counter()
     save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     stage_data(cfg, force)
     stage_teacher_fit(cfg, force)
-    variants = VARIANTS if cfg.experiment.baseline else ("distilled",)
-    if any(uses_teacher(variant_config(cfg, v).losses) for v in variants):
+    if cfg.experiment.baseline:
+        for seed in cfg.experiment.seeds:
+            stage_distill(cfg, "baseline", seed, force)
+    if uses_teacher(variant_config(cfg, "distilled").losses):
         stage_teacher_score(cfg, "train", force)
+    if cfg.scores.top_k > 0:
+        stage_teacher_topk(cfg, "train", force)
     for seed in cfg.experiment.seeds:
-        for variant in variants:
-            stage_distill(cfg, variant, seed, force)
+        stage_distill(cfg, "distilled", seed, force)
     stage_export(cfg, force=force)
     stage_eval(cfg)
     stage_bench(cfg)

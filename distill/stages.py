@@ -17,10 +17,13 @@ from core.data.precomputed import read_precomputed
 from core.data.records import CaptionSplit
 from core.data.synthetic import JSON_NAME, generate
 from core.devices import resolve_device
+from core.distributed import Ranks, local_device, ranks_from_env
 from core.io import read_json, sha256_file, write_json
 from core.schema import to_dict
+from core.ranking import top_k_ids
 from core.seeding import seed_everything
 from core.towers.frozen import frozen_for
+from distill.first_stage import first_stage
 from distill.loop import fit
 from distill.losses import calibrated_teacher_temperature, student_objective, teacher_objective, uses_teacher
 from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
@@ -29,11 +32,13 @@ from eval.bench import run_benchmark
 from eval.bench_tables import write_bench_files
 from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
 from eval.report import write_report
+from eval.rerank import rerank_metrics
 from eval.metrics import retrieval_metrics
 from export.onnx_export import GateData, export_student
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
 from teacher.scoring import encode_split as teacher_encode
-from teacher.scoring import score_all
+from teacher.scoring import candidate_scorer, precision, score_all
+from teacher.topk import build_topk_cache, open_topk_cache, topk_identity
 
 log = logging.getLogger("itr_distill")
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -117,6 +122,20 @@ def _cache_identity(paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
                           split.n_images, split.n_captions)
 
 
+def _teacher_sides(cfg: Config, paths: RunPaths, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks()):
+    """The teacher and its tokens of the split; rank 0 fills the frozen-tower cache before the others read it."""
+    teacher = load_model(paths.teacher, device)
+    bs = cfg.eval.batch_size
+
+    def encode():
+        return teacher_encode(teacher, split, teacher.image_tower.preprocess(), bs, device, progress=ranks.is_main,
+                              frozen=frozen_for(teacher, split, paths.features, bs, device))
+
+    sides = encode() if ranks.is_main else None
+    ranks.barrier()
+    return teacher, sides if sides is not None else encode()
+
+
 def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) -> Path:
     """Score every image-caption pair of a split with the teacher into a score cache."""
     paths = RunPaths(cfg.run_dir)
@@ -131,17 +150,50 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
         except ValueError as exc:
             log.info("rescoring: %s", exc)
     gib = split.n_images * split.n_captions * 4 / 2**30
-    if gib > cfg.teacher.max_cache_gib:
-        raise ValueError(f"a dense score cache for split '{which}' needs {gib:.1f} GiB (> teacher.max_cache_gib="
-                         f"{cfg.teacher.max_cache_gib}); lower data.limit_{which} or raise the limit")
-    device = resolve_device(cfg.device)
-    teacher = load_model(paths.teacher, device)
-    frozen = frozen_for(teacher, split, paths.features, cfg.eval.batch_size, device)
-    images, captions = teacher_encode(teacher, split, teacher.image_tower.preprocess(), cfg.eval.batch_size, device,
-                                      frozen=frozen)
-    scores = score_all(teacher, images, captions)
+    if gib > cfg.scores.max_dense_gib:
+        raise ValueError(f"an all-pairs score cache for split '{which}' needs {gib:.1f} GiB (> scores.max_dense_gib="
+                         f"{cfg.scores.max_dense_gib}); lower data.limit_{which}, raise the limit, or use a top-K cache")
+    teacher, (images, captions) = _teacher_sides(cfg, paths, split, resolve_device(cfg.device))
+    scores = score_all(teacher, images, captions, bf16=cfg.scores.bf16)
     write_score_cache(out, scores, identity)
     log.info("scored %d x %d pairs of %s into %s", *scores.shape, which, out)
+    return out
+
+
+def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -> Path:
+    """Each caption's and each image's top-K candidates from the first-stage dual encoder, scored by the
+    teacher. Resumable; under torchrun every rank scores its share of the parts and rank 0 merges."""
+    k = cfg.scores.top_k
+    if k <= 0:
+        raise ValueError("scores.top_k is 0: set it (e.g. --set scores.top_k=100) to build a top-K cache")
+    paths, ranks = RunPaths(cfg.run_dir), ranks_from_env()
+    split = load_split(cfg, which)
+    if k > min(split.n_images, split.n_captions):
+        raise ValueError(f"scores.top_k={k} exceeds the split '{which}' ({split.n_images} images, "
+                         f"{split.n_captions} captions)")
+    device = local_device(resolve_device(cfg.device))
+    generator = first_stage(cfg.scores.generator, paths, cfg.experiment.seeds[0])
+    identity = topk_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+                             split.n_images, split.n_captions, k, generator.identity, precision(device, cfg.scores.bf16))
+    out = paths.topk_scores(which)
+    if not force and (out / "manifest.json").is_file():
+        try:
+            open_topk_cache(out, identity)
+            log.info("top-%d score cache for %s is up to date (%s)", k, which, out)
+            return out
+        except ValueError as exc:
+            log.info("rescoring: %s", exc)
+
+    def candidates() -> dict[str, np.ndarray]:
+        images, captions = generator.embed(split, paths, cfg.eval.batch_size, device)
+        return {"t2i": top_k_ids(captions, images, k)[0], "i2t": top_k_ids(images, captions, k)[0]}
+
+    teacher, (images, captions) = _teacher_sides(cfg, paths, split, device, ranks)
+    counts = build_topk_cache(out, identity, candidates, candidate_scorer(teacher, images, captions, cfg.scores.bf16),
+                              cfg.scores.shard_queries, ranks, progress=ranks.is_main,
+                              source={"generator_path": str(generator.directory)}, fresh=force)
+    log.info("rank %d of %d: scored %d parts, reused %d; top-%d cache of %s in %s", ranks.rank, ranks.world,
+             counts["scored"], counts["reused"], k, which, out)
     return out
 
 
@@ -258,19 +310,38 @@ def _student_dirs(cfg: Config) -> list[Path]:
             if (paths.student(v, s) / "model.safetensors").is_file()]
 
 
+def _teacher_label(cfg) -> str:
+    if cfg.matching == "imram":
+        return f"IMRAM, {cfg.imram.side} side, {cfg.imram.steps} steps"
+    return f"SCAN {cfg.scan.direction}"
+
+
+def _rerank_source(cfg: Config, paths: RunPaths) -> str:
+    """The student whose top-K the teacher re-ranks: the exported one, else the first seed's distilled one."""
+    if (paths.export / "manifest.json").is_file():
+        return _export_source(paths).name
+    return paths.student("distilled", cfg.experiment.seeds[0]).name
+
+
 def stage_eval(cfg: Config) -> dict[str, Any]:
-    """Metrics of the teacher, every trained student and the ONNX export on the evaluation split."""
+    """Metrics of the teacher, every trained student, student top-K re-ranked by the teacher, and the
+    ONNX export on the evaluation split."""
     paths = RunPaths(cfg.run_dir)
     split = load_split(cfg, cfg.eval.split)
     device = resolve_device(cfg.device)
     bs, folds = cfg.eval.batch_size, cfg.eval.folds
     systems: list[dict[str, Any]] = []
+    scorer = None
     if (paths.teacher / "model.safetensors").is_file():
         teacher = load_model(paths.teacher, device)
-        sims = teacher_sims(teacher, split, teacher.image_tower.preprocess(), bs, device,
-                            frozen=frozen_for(teacher, split, paths.features, bs, device))
-        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "metrics": metrics_for(sims, split, folds)})
+        images, captions = teacher_encode(teacher, split, teacher.image_tower.preprocess(), bs, device,
+                                          frozen=frozen_for(teacher, split, paths.features, bs, device))
+        sims = score_all(teacher, images, captions, bf16=cfg.scores.bf16)
+        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": _teacher_label(teacher.cfg),
+                        "metrics": metrics_for(sims, split, folds)})
+        scorer = candidate_scorer(teacher, images, captions, cfg.scores.bf16)
     by_name = {}
+    rerank_source = _rerank_source(cfg, paths)
     for student_dir in _student_dirs(cfg):
         info = read_json(student_dir / "model.json")
         student = load_model(student_dir, device)
@@ -280,6 +351,11 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
                  "metrics": metrics_for(sims, split, folds)}
         systems.append(entry)
         by_name[student_dir.name] = entry
+        if scorer is not None and student_dir.name == rerank_source:
+            systems += [{"name": f"rerank-top{k}", "group": f"rerank-top{k}", "seed": info["seed"], "k": k,
+                         "source": student_dir.name,
+                         "metrics": rerank_metrics(sims, scorer, k, split.captions_per_image, folds)}
+                        for k in cfg.eval.rerank_k]
     if (paths.export / "manifest.json").is_file():
         source = _export_source(paths).name
         for variant in read_json(paths.export / "manifest.json").get("variants", {}):
@@ -308,7 +384,7 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
     teacher, student = load_model(paths.teacher, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)
     result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
-                           student.image_tower.preprocess(), cfg.bench)
+                           student.image_tower.preprocess(), cfg.bench, cfg.eval.rerank_k)
     write_json(paths.bench, result)
     write_bench_files(result, paths.bench.parent)
     for row in result["rows"]:

@@ -6,7 +6,8 @@
   <run_dir>/text_models/scratch-<hash>/    text models trained from scratch (sentence-transformers dirs)
   <run_dir>/features/<key>/                cached outputs of frozen towers (tokens.npy, mask.npy, pooled.npy)
   <run_dir>/teacher/                       model.json, model.safetensors, training.json, train_log.jsonl, checkpoints/
-  <run_dir>/scores/<split>/                teacher score cache (manifest.json, scores.npy)
+  <run_dir>/scores/<split>/                all-pairs teacher score cache (manifest.json, scores.npy)
+  <run_dir>/scores/<split>-topk/           top-K teacher score cache (teacher/topk.py); <...>.partial/ while unfinished
   <run_dir>/students/<variant>-seed<k>/    like teacher/
   <run_dir>/export/                        image_encoder.onnx, text_encoder.onnx, tokenizer/, manifest.json
   <run_dir>/eval/results.json              metrics of every system
@@ -58,6 +59,9 @@ class RunPaths:
 
     def scores(self, split: str) -> Path:
         return self.root / "scores" / split
+
+    def topk_scores(self, split: str) -> Path:
+        return self.root / "scores" / f"{split}-topk"
 
     def student(self, variant: str, seed: int) -> Path:
         return self.root / "students" / f"{variant}-seed{seed}"

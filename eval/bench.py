@@ -3,8 +3,10 @@
 Gallery features are computed once beforehand (as a deployed index would hold them): image
 embeddings for the student, projected region tokens for the teacher. A query then costs, for the
 student, one caption encoding plus a matrix-vector product and top-k; for the teacher, one
-caption encoding plus cross attention against every gallery image and top-k. Both run in the
-same process on the same captions; CUDA rows are added when a GPU is present.
+caption encoding plus cross attention against every gallery image and top-k; for re-ranking, the
+student's query and top-K, then the teacher's caption encoding and cross attention against those
+K images only. All run in the same process on the same captions; CUDA rows are added when a GPU
+is present.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ TOP_K = 10
 
 def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
                 teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                cfg: BenchConfig, device: torch.device) -> list[dict[str, Any]]:
+                cfg: BenchConfig, device: torch.device, rerank_k: list[int]) -> list[dict[str, Any]]:
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     teacher.to(device).eval()
     student.to(device).eval()
@@ -52,10 +54,22 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
         return (gallery_emb @ encode(i).T).squeeze(1).topk(k).indices.cpu()
 
     @torch.no_grad()
-    def teacher_query(i: int) -> torch.Tensor:
+    def teacher_caption(i: int):
         tokens = teacher.tokenize([queries[i % len(queries)]])
-        caption = teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        return teacher.score(gallery_tokens, caption).squeeze(1).topk(k).indices.cpu()
+        return teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+
+    @torch.no_grad()
+    def teacher_query(i: int) -> torch.Tensor:
+        return teacher.score(gallery_tokens, teacher_caption(i)).squeeze(1).topk(k).indices.cpu()
+
+    def rerank_query(depth: int):
+        @torch.no_grad()
+        def query(i: int) -> torch.Tensor:
+            shortlist = (gallery_emb @ encode(i).T).squeeze(1).topk(depth).indices
+            scores = teacher.score_candidates(gallery_tokens, teacher_caption(i), "text",
+                                              torch.zeros(1, dtype=torch.long, device=device), shortlist[None])
+            return shortlist[scores[0].argsort(descending=True)].cpu()
+        return query
 
     base = {"backend": "pytorch", "device": str(device)}
     rows.append({"measure": "caption_encoding", "system": "student", **base, "batch": 1,
@@ -64,6 +78,9 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
                  **time_calls(student_query, cfg.warmup, cfg.repeats, sync)})
     rows.append({"measure": "retrieval", "system": "teacher", **base, "gallery": split.n_images,
                  **time_calls(teacher_query, cfg.warmup, cfg.repeats, sync)})
+    rows += [{"measure": "retrieval", "system": f"rerank-top{depth}", **base, "gallery": split.n_images,
+              **time_calls(rerank_query(min(depth, split.n_images)), cfg.warmup, cfg.repeats, sync)}
+             for depth in rerank_k]
     return rows
 
 
@@ -94,17 +111,19 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
 
 def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
                   teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                  cfg: BenchConfig) -> dict[str, Any]:
-    """Measure every backend available here; returns rows plus the machine description."""
+                  cfg: BenchConfig, rerank_k: list[int] = ()) -> dict[str, Any]:
+    """Measure every backend available here; returns rows plus the machine description.
+    `rerank_k`: depths of the student-retrieves, teacher-re-ranks system to time."""
     import onnxruntime as ort
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     queries = list(split.captions[: cfg.queries])
-    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"))
+    rerank_k = list(rerank_k)
+    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"), rerank_k)
     providers = ["CPUExecutionProvider"]
     if cfg.cuda and torch.cuda.is_available():
-        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"))
+        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"), rerank_k)
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
     variants = read_json(Path(export_dir) / "manifest.json")["variants"]

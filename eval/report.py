@@ -15,6 +15,15 @@ METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", 
 GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
 
 
+def _order(group: str) -> tuple[int, int]:
+    """Listed groups first in their order, then re-ranking by depth, then anything else."""
+    if group in GROUP_ORDER:
+        return GROUP_ORDER.index(group), 0
+    if group.startswith("rerank-top"):
+        return len(GROUP_ORDER), int(group[len("rerank-top"):])
+    return len(GROUP_ORDER) + 1, 0
+
+
 def _latency(bench: dict, system: str, backend: str, device: str = "cpu", variant: str | None = None) -> dict | None:
     return next((r for r in bench.get("rows", []) if r["measure"] == "retrieval" and r["system"] == system
                  and r["backend"] == backend and r["device"] == device and r.get("variant") == variant), None)
@@ -23,7 +32,9 @@ def _latency(bench: dict, system: str, backend: str, device: str = "cpu", varian
 def _label(group: str, entries: list[dict]) -> str:
     losses = entries[0].get("losses", [])
     if group == "teacher":
-        return "Teacher: SCAN cross attention"
+        return f"Teacher: {entries[0].get('matching', 'SCAN')} cross attention"
+    if group.startswith("rerank-"):
+        return f"Re-ranking: student top-{entries[0]['k']} ({entries[0]['source']}), teacher re-ranks"
     if group.startswith("onnx-"):
         return f"ONNX student {entries[0]['variant']} ({entries[0].get('source', 'student')}, onnxruntime)"
     name = "Student, no distillation" if group == "baseline" else "Student, distilled"
@@ -38,13 +49,13 @@ def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
     bench = bench or {}
     teacher_row = _latency(bench, "teacher", "pytorch")
     rows = []
-    for group in sorted(groups, key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER)):
+    for group in sorted(groups, key=_order):
         entries = groups[group]
         values = {k: [e["metrics"][k] for e in entries] for k in entries[0]["metrics"]}
         onnx = group.startswith("onnx-")
         backend = "onnxruntime" if onnx else "pytorch"
-        latency = _latency(bench, "teacher" if group == "teacher" else "student", backend,
-                           variant=entries[0]["variant"] if onnx else None)
+        system = group if group == "teacher" or group.startswith("rerank-") else "student"
+        latency = _latency(bench, system, backend, variant=entries[0]["variant"] if onnx else None)
         row = {
             "group": group,
             "label": _label(group, entries),
@@ -64,6 +75,7 @@ def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
             checks["teacher_rsum_above_baseline"] = by_group["teacher"]["mean"]["rsum"] > base
         if "distilled" in by_group:
             checks["distilled_rsum_above_baseline"] = by_group["distilled"]["mean"]["rsum"] > base
+    checks.update(_rerank_checks(by_group, bench))
     for group, entries in groups.items():
         entry = entries[0]
         if not group.startswith("onnx-") or "recall_difference_vs_pytorch" not in entry:
@@ -76,6 +88,21 @@ def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
             "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
             [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
             "scaling": bench.get("scaling"), "matrix": bench.get("matrix")}
+
+
+def _rerank_checks(by_group: dict[str, dict], bench: dict) -> dict[str, bool]:
+    """Two-stage retrieval earns its place when it keeps the teacher's accuracy at less than its cost."""
+    teacher = by_group.get("teacher")
+    student = _latency(bench, "student", "pytorch")
+    checks = {}
+    for group, row in by_group.items():
+        if not group.startswith("rerank-") or teacher is None:
+            continue
+        checks[f"{group}_rsum_at_or_above_teacher"] = row["mean"]["rsum"] >= teacher["mean"]["rsum"]
+        if row["latency_p50_ms"] is not None and teacher["latency_p50_ms"] is not None and student:
+            checks[f"{group}_latency_between_student_and_teacher"] = (
+                student["p50_ms"] < row["latency_p50_ms"] < teacher["latency_p50_ms"])
+    return checks
 
 
 COST_MODEL = ("Cost model. Per text query the student pays one caption encoding plus N·d multiply-adds for the search "

@@ -1,4 +1,4 @@
-"""SCAN stacked cross attention (Lee et al., ECCV 2018), batched over every image-caption pair.
+"""SCAN stacked cross attention (Lee et al., ECCV 2018), batched over image-caption pairs.
 
 For a pair, each query token j attends over the context tokens r with clipped-l2norm attention:
 logits s_jr = <context_r, query_j>, LeakyReLU(0.1), l2-normalised over the query tokens, softmax
@@ -7,62 +7,112 @@ between it and its attended vector a_j = sum_r alpha_jr context_r; relevances ar
 LogSumExp (lambda_lse) or mean.
 
 The attended vectors are never materialised: <q_j, a_j> = sum_r alpha_jr s_jr reuses the logits,
-and ||a_j||^2 = alpha_j^T G alpha_j with G = C C^T, one small Gram matrix per context item. A chunk
+and ||a_j||^2 = alpha_j^T G alpha_j with G = C C^T, one small Gram matrix per context item. A block
 of I images x C captions then costs I*C*L*R*(D + R) instead of I*C*L*R*D plus an I*C*L*D tensor.
+
+Two layouts share the arithmetic: every image with every caption (`scan_similarity`, all-pairs
+scoring and training) and explicit pairs (`scan_pair_scores`, a query with its candidates).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-8
+DIRECTIONS = ("t2i", "i2t")
+AGGREGATIONS = ("lse", "mean")
 
 
-def _check_masks(name: str, mask: torch.Tensor) -> None:
+def check_masks(name: str, mask: torch.Tensor) -> None:
     if mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor (True = valid token), got {mask.dtype}")
-    if mask.numel() and not bool(mask.any(dim=1).all()):
+    if mask.numel() and not bool(mask.any(dim=-1).all()):
         raise ValueError(f"{name}: every item needs at least one valid token")
 
 
-def _block_scores(
-    regions: torch.Tensor, region_mask: torch.Tensor, region_gram: torch.Tensor, region_norm: torch.Tensor,
-    words: torch.Tensor, word_mask: torch.Tensor, word_gram: torch.Tensor | None, word_norm: torch.Tensor,
-    direction: str, aggregation: str, lambda_softmax: float, lambda_lse: float,
-) -> torch.Tensor:
-    """Scores of one block: regions (I, R, D) x words (C, L, D) -> (I, C)."""
-    n_img, n_cap = regions.shape[0], words.shape[0]
-    # raw[i, c, l, r] = <word_cl, region_ir>
-    raw = torch.matmul(words.reshape(1, -1, words.shape[-1]), regions.transpose(1, 2))
-    raw = raw.view(n_img, n_cap, words.shape[1], regions.shape[1])
-    if direction == "t2i":  # queries: words; context: regions
-        qmask, kmask = word_mask[None, :, :, None], region_mask[:, None, None, :]
-        qnorm = word_norm[None, :, :]
-        agg_mask = word_mask[None, :, :]
-    else:  # queries: regions; context: words
-        raw = raw.transpose(2, 3)
-        qmask, kmask = region_mask[:, None, :, None], word_mask[None, :, None, :]
-        qnorm = region_norm[:, None, :]
-        agg_mask = region_mask[:, None, :]
-    attn = F.leaky_relu(raw, 0.1) * qmask
-    # l2norm over the query tokens; EPS^2 under the root keeps the gradient finite for all-zero columns
-    attn = attn / ((attn.pow(2).sum(dim=2, keepdim=True) + EPS * EPS).sqrt() + EPS)
-    attn = (lambda_softmax * attn).masked_fill(~kmask, float("-inf"))
-    alpha = torch.softmax(attn, dim=-1)
-    dot = (alpha * raw).sum(-1)  # <query_j, attended_j>
-    if direction == "t2i":
-        alpha_gram = torch.einsum("icqk,ikm->icqm", alpha, region_gram)
-    else:
-        alpha_gram = torch.einsum("icqk,ckm->icqm", alpha, word_gram)
-    attended_norm = (alpha_gram * alpha).sum(-1).clamp_min(EPS * EPS).sqrt()
-    relevance = dot / (attended_norm * qnorm).clamp_min(EPS)
+def check_options(direction: str, aggregation: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def attention_weights(logits: torch.Tensor, context_mask: torch.Tensor | None, lambda_softmax: float) -> torch.Tensor:
+    """Clipped-l2norm attention of query tokens (dim -2) over context tokens (dim -1).
+
+    Padded query tokens must have zero logits (zeroed features do that): they then drop out of the
+    l2 norm over the query tokens. `context_mask` (broadcastable to the logits, None = all valid)
+    keeps padded context tokens out of the softmax.
+    """
+    attn = F.leaky_relu(logits, 0.1)
+    # EPS^2 under the root keeps the gradient finite for all-zero columns
+    attn = attn * (lambda_softmax / ((attn.pow(2).sum(dim=-2, keepdim=True) + EPS * EPS).sqrt() + EPS))
+    if context_mask is not None:
+        attn = attn.masked_fill(~context_mask, float("-inf"))
+    return torch.softmax(attn, dim=-1)
+
+
+def pool_relevance(relevance: torch.Tensor, mask: torch.Tensor, aggregation: str, lambda_lse: float) -> torch.Tensor:
+    """LogSumExp (scaled by lambda_lse) or mean of the valid query tokens' relevances (last dim)."""
     if aggregation == "lse":
-        relevance = (lambda_lse * relevance).masked_fill(~agg_mask, float("-inf"))
-        return torch.logsumexp(relevance, dim=-1) / lambda_lse
-    weights = agg_mask.to(relevance.dtype)
+        return torch.logsumexp((lambda_lse * relevance).masked_fill(~mask, float("-inf")), dim=-1) / lambda_lse
+    weights = mask.to(relevance.dtype)
     return (relevance * weights).sum(-1) / weights.sum(-1)
+
+
+def _quadratic(alpha: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """alpha_q^T G alpha_q for alpha (A, B, Q, K) and Gram matrices (A|1, B|1, K, K), without
+    expanding G over the broadcast dimension."""
+    a, b, q, k = alpha.shape
+    if gram.shape[1] == 1 and gram.shape[0] == a:
+        prod = torch.bmm(alpha.reshape(a, b * q, k), gram[:, 0]).view(a, b, q, k)
+    elif gram.shape[0] == 1 and gram.shape[1] == b:
+        prod = torch.bmm(alpha.transpose(0, 1).reshape(b, a * q, k), gram[0]).view(b, a, q, k).transpose(0, 1)
+    else:
+        prod = torch.bmm(alpha.reshape(a * b, q, k), gram.expand(a, b, k, k).reshape(a * b, k, k)).view(a, b, q, k)
+    return (prod * alpha).sum(-1)
+
+
+def scores_from_logits(logits: torch.Tensor, query_norm: torch.Tensor, query_mask: torch.Tensor,
+                       context_mask: torch.Tensor | None, context_gram: torch.Tensor, aggregation: str,
+                       lambda_softmax: float, lambda_lse: float) -> torch.Tensor:
+    """SCAN scores (A, B) from raw logits (A, B, Q, K) of zero-padded, unnormalised tokens.
+
+    query_norm / query_mask broadcast to (A, B, Q); context_mask to (A, B, 1, K) or None;
+    context_gram is (A|1, B|1, K, K).
+    """
+    alpha = attention_weights(logits, context_mask, lambda_softmax)
+    dot = (alpha * logits).sum(-1)  # <query_j, attended_j>
+    attended_norm = _quadratic(alpha, context_gram).clamp_min(EPS * EPS).sqrt()
+    relevance = dot / (attended_norm * query_norm).clamp_min(EPS)
+    return pool_relevance(relevance, query_mask.expand_as(relevance), aggregation, lambda_lse)
+
+
+def gram(tokens: torch.Tensor) -> torch.Tensor:
+    """Per-item Gram matrices (N, T, T) of token sets (N, T, D)."""
+    return tokens @ tokens.transpose(-1, -2)
+
+
+def _any_padding(mask: torch.Tensor) -> bool:
+    return not bool(mask.all())
+
+
+def pair_blocks(n_img: int, n_cap: int, elements_per_pair: int, max_elements: int) -> Iterator[tuple[slice, slice]]:
+    """(image slice, caption slice) blocks covering every pair, each within `max_elements`.
+
+    Blocks are made as square as the budget allows (at least 8 images when there are that many)
+    so that the logits come from one well-shaped matrix product rather than thin ones.
+    """
+    pairs = max(1, max_elements // max(1, elements_per_pair))
+    img_block = max(1, min(n_img, 8, pairs))
+    cap_block = max(1, min(n_cap, pairs // img_block))
+    img_block = max(1, min(n_img, pairs // cap_block))
+    for i0 in range(0, n_img, img_block):
+        for c0 in range(0, n_cap, cap_block):
+            yield slice(i0, min(n_img, i0 + img_block)), slice(c0, min(n_cap, c0 + cap_block))
 
 
 def scan_similarity(
@@ -82,38 +132,61 @@ def scan_similarity(
     bool. Inputs are used as given (normalise them beforehand if you want cosine logits). Padded
     tokens take no part anywhere. Work is split into blocks of at most `max_chunk_elements`
     word-region logits, so peak memory is bounded whatever the number of pairs; gradients flow.
+    Each block's logits are one matrix product of its words with its regions.
     """
-    if direction not in ("t2i", "i2t"):
-        raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
-    if aggregation not in ("lse", "mean"):
-        raise ValueError(f"aggregation must be 'lse' or 'mean', got {aggregation!r}")
+    check_options(direction, aggregation)
     if regions.shape[-1] != words.shape[-1]:
         raise ValueError(f"feature dims differ: regions {regions.shape[-1]}, words {words.shape[-1]}")
-    _check_masks("region_mask", region_mask)
-    _check_masks("word_mask", word_mask)
-    n_img, n_reg = regions.shape[:2]
+    check_masks("region_mask", region_mask)
+    check_masks("word_mask", word_mask)
+    n_img, n_reg, dim = regions.shape
     n_cap, n_word = words.shape[:2]
     regions = regions * region_mask.unsqueeze(-1)
     words = words * word_mask.unsqueeze(-1)
     region_norm, word_norm = regions.norm(dim=-1), words.norm(dim=-1)
-    region_gram = regions @ regions.transpose(1, 2) if direction == "t2i" else None
-    word_gram = words @ words.transpose(1, 2) if direction == "i2t" else None
+    t2i = direction == "t2i"
+    grams = gram(regions) if t2i else gram(words)
+    # the context side's mask matters only where it has padding
+    context_padded = _any_padding(region_mask if t2i else word_mask)
 
-    pairs = max(1, max_chunk_elements // (n_word * n_reg))
-    cap_block = min(n_cap, pairs)
-    img_block = max(1, min(n_img, pairs // cap_block))
-    rows = []
-    for i0 in range(0, n_img, img_block):
-        i1 = min(n_img, i0 + img_block)
-        cols = []
-        for c0 in range(0, n_cap, cap_block):
-            c1 = min(n_cap, c0 + cap_block)
-            cols.append(_block_scores(
-                regions[i0:i1], region_mask[i0:i1],
-                region_gram[i0:i1] if region_gram is not None else None, region_norm[i0:i1],
-                words[c0:c1], word_mask[c0:c1],
-                word_gram[c0:c1] if word_gram is not None else None, word_norm[c0:c1],
-                direction, aggregation, lambda_softmax, lambda_lse,
-            ))
-        rows.append(torch.cat(cols, dim=1))
-    return torch.cat(rows, dim=0)
+    out = regions.new_empty(n_img, n_cap)
+    for im, cp in pair_blocks(n_img, n_cap, n_word * n_reg, max_chunk_elements):
+        i, c = im.stop - im.start, cp.stop - cp.start
+        # one GEMM: (C*L, D) x (D, I*R) -> logits[i, c, l, r]
+        logits = (words[cp].reshape(-1, dim) @ regions[im].reshape(-1, dim).T).view(c, n_word, i, n_reg)
+        if t2i:  # queries: words; context: regions
+            logits = logits.permute(2, 0, 1, 3).contiguous()
+            context_mask = region_mask[im, None, None, :] if context_padded else None
+            out[im, cp] = scores_from_logits(logits, word_norm[None, cp], word_mask[None, cp], context_mask,
+                                             grams[im, None], aggregation, lambda_softmax, lambda_lse)
+        else:  # queries: regions; context: words
+            logits = logits.permute(2, 0, 3, 1).contiguous()
+            context_mask = word_mask[None, cp, None, :] if context_padded else None
+            out[im, cp] = scores_from_logits(logits, region_norm[im, None], region_mask[im, None], context_mask,
+                                             grams[None, cp], aggregation, lambda_softmax, lambda_lse)
+    return out
+
+
+def scan_pair_scores(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    direction: Literal["t2i", "i2t"] = "t2i",
+    aggregation: Literal["lse", "mean"] = "lse",
+    lambda_softmax: float = 9.0,
+    lambda_lse: float = 6.0,
+) -> torch.Tensor:
+    """SCAN scores of explicit pairs laid out (A, B): regions (A|1, B|1, R, D) with their masks,
+    words (A|1, B|1, L, D); e.g. one caption (A) against its K candidate images (B). Returns (A, B)."""
+    check_options(direction, aggregation)
+    regions = regions * region_mask.unsqueeze(-1)
+    words = words * word_mask.unsqueeze(-1)
+    logits = torch.matmul(words, regions.transpose(-1, -2))  # (A, B, L, R)
+    if direction == "t2i":
+        context_mask = region_mask.unsqueeze(-2) if _any_padding(region_mask) else None
+        return scores_from_logits(logits, words.norm(dim=-1), word_mask, context_mask, gram(regions), aggregation,
+                                  lambda_softmax, lambda_lse)
+    context_mask = word_mask.unsqueeze(-2) if _any_padding(word_mask) else None
+    return scores_from_logits(logits.transpose(-1, -2), regions.norm(dim=-1), region_mask, context_mask, gram(words),
+                              aggregation, lambda_softmax, lambda_lse)

@@ -1,4 +1,5 @@
-"""Score cache: the teacher's scores of a split, memory-mappable, guarded by a manifest.
+"""All-pairs score cache: the teacher's scores of a split, memory-mappable, guarded by a manifest
+(the top-K cache of `teacher.topk` shares the manifest check).
 
 Layout of a cache directory:
   scores.npy     float32 (n_images, n_captions) for the all-pairs generator
@@ -52,12 +53,17 @@ def write_score_cache(directory: str | Path, scores: np.ndarray, identity: dict[
     return directory
 
 
+def mismatches(manifest: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """One line per manifest field that differs from what the run expects."""
+    return [f"{key}: cache has {manifest.get(key)!r}, this run needs {value!r}"
+            for key, value in expected.items() if manifest.get(key) != value]
+
+
 def open_score_cache(directory: str | Path, expected: dict[str, Any]) -> np.ndarray:
     """Memory-map the scores of a cache whose manifest matches `expected`, else raise ScoreCacheMismatch."""
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST)
-    diffs = [f"{key}: cache has {manifest.get(key)!r}, this run needs {value!r}"
-             for key, value in expected.items() if manifest.get(key) != value]
+    diffs = mismatches(manifest, expected)
     if diffs:
         raise ScoreCacheMismatch(f"{directory}: score cache does not match this run; rerun `itr-distill teacher score`.\n  "
                                  + "\n  ".join(diffs))

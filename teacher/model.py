@@ -1,4 +1,4 @@
-"""The interactive teacher: towers, token projections, SCAN scoring of every pair."""
+"""The interactive teacher: towers, token projections, fine-grained matching (SCAN or IMRAM) of pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +10,7 @@ from torch import nn
 from core.config import TeacherConfig
 from core.towers.heads import TwoTowerModel, make_projection
 from core.towers.image import TokenOutput
-from teacher.attention import scan_similarity
+from teacher.matching import Matcher
 
 
 @dataclass
@@ -26,7 +26,7 @@ class EncodedSide:
 
 
 class ScanTeacher(TwoTowerModel):
-    """Projects tower tokens into a joint space and scores pairs with SCAN cross attention.
+    """Projects tower tokens into a joint space and scores pairs by cross attention (`teacher.matching`).
 
     With `global_weight > 0` the score adds a global term (cosine of the projected pooled vectors),
     which a fine-grained head learned from scratch can lean on while its attention is still weak.
@@ -40,6 +40,7 @@ class ScanTeacher(TwoTowerModel):
         if cfg.global_weight > 0:
             self.image_global = nn.Linear(image_tower.out_dim, cfg.embed_dim)
             self.text_global = nn.Linear(text_tower.out_dim, cfg.embed_dim)
+        self.matcher = Matcher(cfg.matching, cfg.scan, cfg.imram, cfg.embed_dim)
 
     def images_from(self, out: TokenOutput) -> EncodedSide:
         return self._side(out, self.region_proj, "image_global")
@@ -60,14 +61,24 @@ class ScanTeacher(TwoTowerModel):
 
     def score(self, images: EncodedSide, captions: EncodedSide) -> torch.Tensor:
         """Similarity of every image with every caption: (n_img, n_cap)."""
-        scan = self.cfg.scan
-        sims = scan_similarity(
-            images.tokens, images.mask, captions.tokens, captions.mask, direction=scan.direction,
-            aggregation=scan.aggregation, lambda_softmax=scan.lambda_softmax, lambda_lse=scan.lambda_lse,
-            max_chunk_elements=scan.max_chunk_elements,
-        )
+        sims = self.matcher.all_pairs(images.tokens, images.mask, captions.tokens, captions.mask)
         if self.cfg.global_weight > 0:
             sims = sims + self.cfg.global_weight * images.pooled @ captions.pooled.T
+        return sims
+
+    def score_candidates(self, images: EncodedSide, captions: EncodedSide, query: str, queries: torch.Tensor,
+                         candidates: torch.Tensor) -> torch.Tensor:
+        """(Q, K) scores of each query (caption ids for query='text', image ids for 'image') with its
+        K candidates of the other side: candidates (Q, K) ids."""
+        if query == "text":
+            img, cap = images[candidates], captions[queries[:, None]]
+        elif query == "image":
+            img, cap = images[queries[:, None]], captions[candidates]
+        else:
+            raise ValueError(f"query must be 'text' or 'image', got {query!r}")
+        sims = self.matcher.pairs(img.tokens, img.mask, cap.tokens, cap.mask)
+        if self.cfg.global_weight > 0:
+            sims = sims + self.cfg.global_weight * (img.pooled * cap.pooled).sum(-1)
         return sims
 
     def forward(self, batch) -> dict[str, torch.Tensor]:

@@ -1,5 +1,7 @@
-"""Scoring every image-caption pair of a split with the teacher."""
+"""Scoring a split with the teacher: every image-caption pair, or each query's candidates."""
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -34,11 +36,46 @@ def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePre
     return _pad_cat(images), _pad_cat(captions)
 
 
+def precision(device: torch.device, bf16: bool) -> str:
+    """The arithmetic teacher scores are made with: bf16 autocast on a GPU when asked, else float32."""
+    return "bf16-autocast" if bf16 and device.type == "cuda" else "float32"
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if precision(device, bf16) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
 @torch.no_grad()
 def score_all(teacher: ScanTeacher, images: EncodedSide, captions: EncodedSide, block: int = 256,
-              progress: bool = True) -> np.ndarray:
+              progress: bool = True, bf16: bool = False) -> np.ndarray:
     """(n_img, n_cap) float32 teacher scores, computed in blocks of images (progress per block)."""
     out = np.empty((images.tokens.shape[0], captions.tokens.shape[0]), dtype=np.float32)
-    for start in bar(range(0, len(out), block), "teacher scoring", progress):
-        out[start:start + block] = teacher.score(images[start:start + block], captions).float().cpu().numpy()
+    with _autocast(images.tokens.device, bf16):
+        for start in bar(range(0, len(out), block), "teacher scoring", progress):
+            out[start:start + block] = teacher.score(images[start:start + block], captions).float().cpu().numpy()
     return out
+
+
+def candidate_scorer(teacher: ScanTeacher, images: EncodedSide, captions: EncodedSide, bf16: bool = False,
+                     max_elements: int = 1 << 24):
+    """A function (direction, query ids, candidate ids) -> (Q, K) float32 teacher scores; direction
+    't2i' queries captions against candidate images, 'i2t' images against candidate captions.
+    Queries are taken in groups whose gathered tokens stay within `max_elements` numbers."""
+    device = images.tokens.device
+    per_candidate = (images.tokens.shape[1] + captions.tokens.shape[1]) * images.tokens.shape[2]
+
+    @torch.no_grad()
+    def score(direction: str, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        query = {"t2i": "text", "i2t": "image"}[direction]
+        step = max(1, max_elements // (per_candidate * max(1, candidates.shape[1])))
+        out = []
+        with _autocast(device, bf16):
+            for s in range(0, len(queries), step):
+                q = torch.as_tensor(queries[s:s + step], device=device)
+                c = torch.as_tensor(np.array(candidates[s:s + step]), device=device)
+                out.append(teacher.score_candidates(images, captions, query, q, c).float().cpu().numpy())
+        return np.concatenate(out) if out else np.empty((0, candidates.shape[1]), dtype=np.float32)
+
+    return score

@@ -27,14 +27,22 @@ def test_run_writes_every_stage_output(finished_run):
         assert (run / path).is_file(), path
     results = json.loads((run / "eval" / "results.json").read_text())
     names = [s["name"] for s in results["systems"]]
-    assert names == ["teacher", "baseline-seed0", "distilled-seed0", "baseline-seed1", "distilled-seed1",
-                     "onnx-fp32", "onnx-optimized", "onnx-fp16", "onnx-int8"]
+    assert names == ["teacher", "baseline-seed0", "distilled-seed0", "rerank-top10", "rerank-top50", "rerank-top100",
+                     "baseline-seed1", "distilled-seed1", "onnx-fp32", "onnx-optimized", "onnx-fp16", "onnx-int8"]
     by_name = {s["name"]: s for s in results["systems"]}
     assert all(by_name["onnx-fp32"]["metrics"][k] == by_name["distilled-seed0"]["metrics"][k] for k in ("i2t_r1", "t2i_r1", "rsum"))
     assert by_name["onnx-fp32"]["recall_difference_vs_pytorch"] == 0.0
     assert by_name["onnx-int8"]["r1_drop_vs_pytorch"] <= by_name["onnx-int8"]["r1_drop_bound"] == 15.0
+    # the tiny split has 16 images and 80 captions: re-ranking all of them is the teacher's own ranking
+    teacher = by_name["teacher"]["metrics"]
+    assert by_name["rerank-top100"]["metrics"] == teacher
+    assert all(by_name["rerank-top50"]["metrics"][k] == teacher[k] for k in teacher if k.startswith("t2i"))
+    assert by_name["rerank-top10"]["source"] == "distilled-seed0"
     report = (run / "report.md").read_text()
-    assert "Teacher: SCAN cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
+    assert "Teacher: SCAN t2i cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
+    assert "Re-ranking: student top-10 (distilled-seed0), teacher re-ranks" in report
+    bench = json.loads((run / "bench" / "latency.json").read_text())
+    assert {r["system"] for r in bench["rows"] if r["measure"] == "retrieval"} >= {"rerank-top10", "rerank-top100"}
 
 
 def test_bench_writes_matrix_scaling_and_figures(finished_run):

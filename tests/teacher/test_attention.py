@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from teacher.attention import scan_similarity
+from teacher.attention import pair_blocks, scan_pair_scores, scan_similarity
 from teacher.reference import scan_similarity_loop
 
 LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
@@ -99,3 +99,26 @@ def test_rejects_bad_arguments():
         scan_similarity(regions, rmask, words, empty)
     with pytest.raises(ValueError, match="feature dims"):
         scan_similarity(regions, rmask, words[..., :3], wmask)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_pair_scores_equal_all_pairs_scores(direction):
+    regions, rmask, words, wmask = random_inputs(seed=5)
+    lam = LAMBDAS[direction]
+    full = scan_similarity(regions, rmask, words, wmask, direction, "lse", *lam)
+    candidates = torch.tensor([[4, 0, 2], [1, 1, 3]])  # two captions (2, 6), each with three images
+    by_caption = scan_pair_scores(regions[candidates], rmask[candidates], words[[2, 6], None], wmask[[2, 6], None],
+                                  direction, "lse", *lam)
+    torch.testing.assert_close(by_caption, full[candidates, torch.tensor([[2], [6]])], atol=1e-6, rtol=1e-6)
+    captions = torch.tensor([[0, 5], [6, 3]])  # two images (1, 4), each with two captions
+    by_image = scan_pair_scores(regions[[1, 4], None], rmask[[1, 4], None], words[captions], wmask[captions],
+                                direction, "lse", *lam)
+    torch.testing.assert_close(by_image, full[torch.tensor([[1], [4]]), captions], atol=1e-6, rtol=1e-6)
+
+
+def test_blocks_cover_every_pair_once_within_budget():
+    seen = torch.zeros(23, 41, dtype=torch.int64)
+    for im, cp in pair_blocks(23, 41, elements_per_pair=10, max_elements=700):
+        assert (im.stop - im.start) * (cp.stop - cp.start) * 10 <= 700
+        seen[im, cp] += 1
+    assert bool((seen == 1).all())

@@ -34,3 +34,16 @@ def test_global_term_adds_weighted_cosine(tiny_teacher, splits):
         scan_only = tiny_teacher.score(images, captions)
         tiny_teacher.cfg.global_weight = saved
     torch.testing.assert_close(full - scan_only, saved * images.pooled @ captions.pooled.T, atol=1e-5, rtol=1e-5)
+
+
+def test_candidate_scores_equal_all_pairs_scores(tiny_teacher, splits):
+    images, captions = encode_split(tiny_teacher, splits["val"], tiny_teacher.image_tower.preprocess(), 8,
+                                    torch.device("cpu"), False)
+    with torch.no_grad():
+        full = tiny_teacher.score(images, captions)
+        caps = torch.tensor([3, 40, 79])
+        imgs = torch.tensor([[0, 5, 15], [2, 2, 9], [1, 14, 7]])
+        by_text = tiny_teacher.score_candidates(images, captions, "text", caps, imgs)
+        by_image = tiny_teacher.score_candidates(images, captions, "image", imgs[:, 0], caps[None].repeat(3, 1))
+    torch.testing.assert_close(by_text, full[imgs, caps[:, None]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(by_image, full[imgs[:, :1], caps[None]], atol=1e-5, rtol=1e-5)
