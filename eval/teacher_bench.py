@@ -6,7 +6,9 @@ otherwise: 1024-d features, 36 regions, captions of up to 16 words, 200 images x
   batched       `teacher.attention.scan_similarity`: all pairs, blocked, attended vectors never formed
   matmul-floor  the single matrix product that computes every word-region logit; exact scores need
                 at least that much arithmetic
-plus, on CUDA, the batched scorer under bf16 autocast. Scores are compared with the loop's.
+plus, on CUDA, the batched scorer under bf16 autocast, and with `--imram STEPS` IMRAM's text-side
+iterative matching (random memory weights: its cost does not depend on them). Scores are compared
+with the loop's.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import torch.nn.functional as F
 from core.io import write_json, write_text
 from core.machine import describe, machine_info
 from core.timing import time_calls
+from core.config import ImramConfig, ScanConfig
 from teacher.attention import scan_similarity
+from teacher.matching import Matcher
 from teacher.reference import scan_similarity_loop
 
 SCAN_LAMBDAS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
@@ -39,7 +43,7 @@ def synthetic_inputs(images: int, captions: int, regions: int, words: int, dim: 
 
 def run_teacher_bench(images: int = 200, captions: int = 1000, regions: int = 36, words: int = 16, dim: int = 1024,
                       direction: str = "t2i", device: str = "cpu", repeats: int = 3, loop_repeats: int = 1,
-                      chunk: int | None = None, seed: int = 0) -> dict[str, Any]:
+                      chunk: int | None = None, seed: int = 0, imram_steps: int = 0) -> dict[str, Any]:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     chunk = chunk or (1 << 20 if dev.type == "cpu" else 1 << 26)  # CPU: a block fits the cache; GPU: fill the device
@@ -64,9 +68,13 @@ def run_teacher_bench(images: int = 200, captions: int = 1000, regions: int = 36
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return scan_similarity(reg, rmask, wrd, wmask, direction, "lse", *lam, chunk).float()
         methods["batched-bf16-autocast"] = keep("bf16", bf16)
+    if imram_steps:
+        torch.manual_seed(seed)
+        imram = Matcher("imram", ScanConfig(max_chunk_elements=chunk), ImramConfig(imram_steps, "text"), dim).to(dev)
+        methods[f"imram-text-{imram_steps}-steps"] = keep("imram", lambda: imram.all_pairs(reg, rmask, wrd, wmask))
     rows = []
     for name, fn in methods.items():
-        n = loop_repeats if name == "loop" else repeats
+        n = loop_repeats if name == "loop" or name.startswith("imram") else repeats
         timing = time_calls(fn, warmup=1, repeats=n, sync=sync)
         rows.append({"method": name, "seconds": timing["p50_ms"] / 1000, "pairs_per_s": images * captions * 1000 / timing["p50_ms"],
                      "repeats": n, "first_call_s": timing["first_call_ms"] / 1000})
@@ -79,7 +87,7 @@ def run_teacher_bench(images: int = 200, captions: int = 1000, regions: int = 36
         "settings": {"images": images, "captions": captions, "regions": regions, "words": words, "dim": dim,
                      "direction": direction, "aggregation": "lse", "lambda_softmax": lam[0], "lambda_lse": lam[1],
                      "max_chunk_elements": chunk, "dtype": "float32", "repeats": repeats, "loop_repeats": loop_repeats,
-                     "threads": torch.get_num_threads(), "seed": seed},
+                     "threads": torch.get_num_threads(), "seed": seed, "imram_steps": imram_steps},
         "rows": rows,
         "speedup_vs_loop": by["loop"]["seconds"] / by["batched"]["seconds"],
         "ratio_to_matmul_floor": by["batched"]["seconds"] / by["matmul-floor"]["seconds"],
@@ -97,7 +105,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "# Teacher scoring: batched SCAN against the per-caption loop and the matmul floor", "",
         f"{s['images']} images x {s['captions']} captions, {s['regions']} regions, up to {s['words']} words, "
         f"{s['dim']}-d features, {s['direction']}, LSE; {s['dtype']}; device `{result['device']}`, "
-        f"{s['threads']} threads. Median of {s['repeats']} timed runs (loop: {s['loop_repeats']}) after one warm-up.", "",
+        f"{s['threads']} threads. Median of {s['repeats']} timed runs (loop, IMRAM: {s['loop_repeats']}) after one warm-up.", "",
         "| method | seconds | pairs/s |", "|---|---|---|",
     ]
     lines += [f"| {r['method']} | {r['seconds']:.3f} | {r['pairs_per_s']:,.0f} |" for r in result["rows"]]
@@ -124,6 +132,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--loop-repeats", type=int, default=1)
     ap.add_argument("--chunk", type=int, help="word-region logits per block (default: 2^20 on CPU, 2^26 on CUDA)")
+    ap.add_argument("--imram", type=int, default=0, metavar="STEPS",
+                    help="also time IMRAM's text side with this many steps (timed like the loop)")
     ap.add_argument("--out", default="bench/teacher", help="directory for teacher_scoring.json and .md")
     return ap
 
@@ -133,7 +143,7 @@ def main(argv: list[str]) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"--device {args.device}: CUDA is not available on this machine")
     result = run_teacher_bench(args.images, args.captions, args.regions, args.words, args.dim, args.direction,
-                               args.device, args.repeats, args.loop_repeats, args.chunk)
+                               args.device, args.repeats, args.loop_repeats, args.chunk, imram_steps=args.imram)
     out = Path(args.out)
     write_json(out / "teacher_scoring.json", result)
     text = to_markdown(result)

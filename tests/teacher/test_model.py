@@ -47,3 +47,28 @@ def test_candidate_scores_equal_all_pairs_scores(tiny_teacher, splits):
         by_image = tiny_teacher.score_candidates(images, captions, "image", imgs[:, 0], caps[None].repeat(3, 1))
     torch.testing.assert_close(by_text, full[imgs, caps[:, None]], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(by_image, full[imgs[:, :1], caps[None]], atol=1e-5, rtol=1e-5)
+
+
+def test_imram_teacher_trains_saves_and_reloads(text_model_dir, splits, tmp_path):
+    from core.checkpoint import save_weights
+    from distill.losses import teacher_objective
+    from distill.loop import fit
+    from distill.workspace import load_model, save_model_info
+    from tests.conftest import build_tiny
+
+    teacher = build_tiny("teacher", text_model_dir, matching="imram", imram={"steps": 2, "side": "full"},
+                         train={"epochs": 1, "batch_size": 8, "warmup_steps": 1, "eval_every": 0, "select": "last"})
+    before = teacher.matcher.text_memory.gate.weight.detach().clone()
+    fit(teacher.train(), teacher_objective(teacher.cfg), splits["train"].head(16), teacher.image_tower.preprocess(),
+        teacher.cfg.train, tmp_path / "fit", 0, torch.device("cpu"), progress=False)
+    assert not torch.equal(before, teacher.matcher.text_memory.gate.weight)  # the memory units learn
+    save_model_info(tmp_path, "teacher", teacher.cfg, str(text_model_dir), None, seed=0)
+    save_weights(teacher, tmp_path / "model.safetensors")
+
+    def scores(model):
+        images, captions = encode_split(model.eval(), splits["val"], model.image_tower.preprocess(), 8,
+                                        torch.device("cpu"), False)
+        with torch.no_grad():
+            return model.score(images[:4], captions[:9])
+
+    torch.testing.assert_close(scores(load_model(tmp_path)), scores(teacher))
