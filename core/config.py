@@ -380,9 +380,10 @@ class EvalConfig:
     folds: int = 1  # 5: COCO 1K protocol
     batch_size: int = 128
     rerank_k: list[int] = field(default_factory=lambda: [10, 50, 100])  # student top-K re-ranked by the teacher
+    rerank_student_weight: float = 1.0  # re-ranking score = teacher + this x student cosine (0: teacher alone)
 
     def problems(self) -> list[str]:
-        out = _positive(self, "folds", "batch_size")
+        out = _positive(self, "folds", "batch_size") + _non_negative(self, "rerank_student_weight")
         if any(k <= 0 for k in self.rerank_k):
             out.append(f"rerank_k: need positive values, got {self.rerank_k}")
         return out

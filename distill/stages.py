@@ -32,7 +32,7 @@ from eval.bench import run_benchmark
 from eval.bench_tables import write_bench_files
 from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
 from eval.report import write_report
-from eval.rerank import rerank_metrics
+from eval.rerank import rerank_metrics, with_first_stage
 from eval.metrics import retrieval_metrics
 from export.onnx_export import GateData, export_student
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
@@ -352,9 +352,10 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
         systems.append(entry)
         by_name[student_dir.name] = entry
         if scorer is not None and student_dir.name == rerank_source:
+            fused = with_first_stage(scorer, sims, cfg.eval.rerank_student_weight)
             systems += [{"name": f"rerank-top{k}", "group": f"rerank-top{k}", "seed": info["seed"], "k": k,
-                         "source": student_dir.name,
-                         "metrics": rerank_metrics(sims, scorer, k, split.captions_per_image, folds)}
+                         "source": student_dir.name, "student_weight": cfg.eval.rerank_student_weight,
+                         "metrics": rerank_metrics(sims, fused, k, split.captions_per_image, folds)}
                         for k in cfg.eval.rerank_k]
     if (paths.export / "manifest.json").is_file():
         source = _export_source(paths).name
@@ -384,7 +385,7 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
     teacher, student = load_model(paths.teacher, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)
     result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
-                           student.image_tower.preprocess(), cfg.bench, cfg.eval.rerank_k)
+                           student.image_tower.preprocess(), cfg.bench, cfg.eval.rerank_k, cfg.eval.rerank_student_weight)
     write_json(paths.bench, result)
     write_bench_files(result, paths.bench.parent)
     for row in result["rows"]:

@@ -35,7 +35,8 @@ TOP_K = 10
 
 def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
                 teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                cfg: BenchConfig, device: torch.device, rerank_k: list[int]) -> list[dict[str, Any]]:
+                cfg: BenchConfig, device: torch.device, rerank_k: list[int],
+                student_weight: float) -> list[dict[str, Any]]:
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     teacher.to(device).eval()
     student.to(device).eval()
@@ -65,10 +66,10 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
     def rerank_query(depth: int):
         @torch.no_grad()
         def query(i: int) -> torch.Tensor:
-            shortlist = (gallery_emb @ encode(i).T).squeeze(1).topk(depth).indices
+            first = (gallery_emb @ encode(i).T).squeeze(1).topk(depth)
             scores = teacher.score_candidates(gallery_tokens, teacher_caption(i), "text",
-                                              torch.zeros(1, dtype=torch.long, device=device), shortlist[None])
-            return shortlist[scores[0].argsort(descending=True)].cpu()
+                                              torch.zeros(1, dtype=torch.long, device=device), first.indices[None])[0]
+            return first.indices[(scores + student_weight * first.values).argsort(descending=True)].cpu()
         return query
 
     base = {"backend": "pytorch", "device": str(device)}
@@ -111,19 +112,22 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
 
 def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
                   teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                  cfg: BenchConfig, rerank_k: list[int] = ()) -> dict[str, Any]:
+                  cfg: BenchConfig, rerank_k: list[int] = (), student_weight: float = 1.0) -> dict[str, Any]:
     """Measure every backend available here; returns rows plus the machine description.
-    `rerank_k`: depths of the student-retrieves, teacher-re-ranks system to time."""
+    `rerank_k`: depths of the student-retrieves, teacher-re-ranks system to time (re-ranking score:
+    teacher + student_weight x student)."""
     import onnxruntime as ort
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     queries = list(split.captions[: cfg.queries])
     rerank_k = list(rerank_k)
-    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"), rerank_k)
+    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"), rerank_k,
+                       student_weight)
     providers = ["CPUExecutionProvider"]
     if cfg.cuda and torch.cuda.is_available():
-        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"), rerank_k)
+        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"), rerank_k,
+                            student_weight)
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
     variants = read_json(Path(export_dir) / "manifest.json")["variants"]

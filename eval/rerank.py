@@ -1,5 +1,9 @@
 """Two-stage retrieval: the student retrieves each query's top-K, the teacher re-ranks those K.
 
+The re-ranking score is the teacher's, plus `student_weight` times the student's own similarity of
+the pair (0: the teacher alone; the default 1 adds the two, since both are cosine-scale scores and
+the stages' errors differ).
+
 Evaluated as its own system. For each direction the re-ranked order is written into a copy of the
 student's similarity matrix: a query's K candidates take their teacher scores, shifted above every
 other item, which keep the student's order below them. The standard metrics of that matrix are
@@ -14,6 +18,18 @@ from eval.metrics import KEYS, retrieval_metrics
 
 # (direction 't2i' | 'i2t', query ids, candidate ids (Q, K)) -> teacher scores (Q, K)
 from teacher.topk import ScorePart
+
+
+def with_first_stage(score: ScorePart, student_sims: np.ndarray, weight: float) -> ScorePart:
+    """`score` plus `weight` x the student's similarity of the same pairs (student_sims: n_img x n_cap)."""
+    if weight == 0:
+        return score
+
+    def fused(direction: str, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        pairs = student_sims[queries[:, None], candidates] if direction == "i2t" else student_sims[candidates, queries[:, None]]
+        return score(direction, queries, candidates) + weight * pairs
+
+    return fused
 
 
 def _top_k(sims: np.ndarray, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from eval.metrics import retrieval_metrics
-from eval.rerank import rerank_metrics, rerank_sims
+from eval.rerank import rerank_metrics, rerank_sims, with_first_stage
 
 
 def random_sims(seed, n_img=12, cpi=5):
@@ -45,3 +45,11 @@ def test_folds_rerank_within_each_fold():
     assert rerank_metrics(student, oracle(teacher), k=10, folds=5) == pytest.approx(retrieval_metrics(teacher, folds=5))
     with pytest.raises(ValueError, match=">= 1"):
         rerank_metrics(student, oracle(teacher), k=0)
+
+
+def test_first_stage_score_is_added_with_its_weight():
+    student, teacher = random_sims(6), random_sims(7)
+    fused = with_first_stage(oracle(teacher), student, 0.5)
+    assert rerank_metrics(student, fused, k=5) == pytest.approx(rerank_metrics(student, oracle(teacher + 0.5 * student), k=5))
+    alone = oracle(teacher)
+    assert with_first_stage(alone, student, 0.0) is alone
