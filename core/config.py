@@ -31,7 +31,7 @@ def _non_negative(obj: Any, *names: str) -> list[str]:
 class SyntheticConfig:
     """Size and seed of the generated scene dataset (the embedded default)."""
 
-    n_train: int = 1600
+    n_train: int = 1400
     n_val: int = 200
     n_test: int = 200
     image_size: int = 64
@@ -213,7 +213,7 @@ class TeacherConfig:
     margin: float = 0.2
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
     sum_violation_epochs: int = 4  # warm up with the sum of violations for this many epochs
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=7))
 
     def problems(self) -> list[str]:
         return _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
