@@ -33,11 +33,10 @@ def test_run_writes_every_stage_output(finished_run):
     assert all(by_name["onnx-fp32"]["metrics"][k] == by_name["distilled-seed0"]["metrics"][k] for k in ("i2t_r1", "t2i_r1", "rsum"))
     assert by_name["onnx-fp32"]["recall_difference_vs_pytorch"] == 0.0
     assert by_name["onnx-int8"]["r1_drop_vs_pytorch"] <= by_name["onnx-int8"]["r1_drop_bound"] == 15.0
-    # the tiny split has 16 images and 80 captions: re-ranking all of them is the teacher's own ranking
-    teacher = by_name["teacher"]["metrics"]
-    assert by_name["rerank-top100"]["metrics"] == teacher
-    assert all(by_name["rerank-top50"]["metrics"][k] == teacher[k] for k in teacher if k.startswith("t2i"))
-    assert by_name["rerank-top10"]["source"] == "distilled-seed0"
+    # the tiny split has 16 images: from K = 16 on, t2i re-ranks every image, so its ranking no longer depends on K
+    top50, top100 = by_name["rerank-top50"]["metrics"], by_name["rerank-top100"]["metrics"]
+    assert all(top50[k] == top100[k] for k in top50 if k.startswith("t2i"))
+    assert by_name["rerank-top10"]["source"] == "distilled-seed0" and by_name["rerank-top10"]["student_weight"] == 1.0
     report = (run / "report.md").read_text()
     assert "Teacher: SCAN t2i cross attention" in report and "speed-up vs teacher" in report and "Machine:" in report
     assert "Re-ranking: student top-10 (distilled-seed0), teacher re-ranks" in report
