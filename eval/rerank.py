@@ -15,9 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from eval.metrics import KEYS, retrieval_metrics
-
-# (direction 't2i' | 'i2t', query ids, candidate ids (Q, K)) -> teacher scores (Q, K)
-from teacher.topk import ScorePart
+from teacher.topk import ScorePart  # (direction, query ids, candidate ids (Q, K)) -> scores (Q, K)
 
 
 def with_first_stage(score: ScorePart, student_sims: np.ndarray, weight: float) -> ScorePart:
