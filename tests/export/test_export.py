@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import warnings
 
@@ -6,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import ExportConfig, GateConfig, VariantGate
+from core.config import ExportConfig, VariantGate
 from core.data.loading import image_loader
 from eval.metrics import retrieval_metrics
+from export import onnx_export
 from export.gate import ExportParityError, check_variant, pytorch_reference
 from export.runtime import OnnxStudent
 from export.variants import VARIANTS
@@ -105,15 +105,21 @@ def test_gate_fails_for_a_different_model(exported, splits, tiny_student):
     assert not report["passed"] and report["min_cosine"]["text"] < 0.9 and report["min_cosine"]["image"] > 0.9999
 
 
-def test_failed_gate_writes_nothing_and_keeps_the_old_export(tmp_path, tiny_student, splits):
+def test_failed_gate_writes_nothing_and_keeps_the_old_export(tmp_path, tiny_student, splits, monkeypatch):
     data = gate_data(tiny_student, splits["test"])
     out = tmp_path / "export"
     export(tiny_student, out, ExportConfig(variants=["fp32"], latency_repeats=1), data)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    strict = ExportConfig(variants=["fp32", "int8"], latency_repeats=1,
-                          gate=dataclasses.replace(GateConfig(), int8=VariantGate(min_cosine=1.0)))
+
+    def int8_fails(runtime, *args):
+        # Whether int8 reaches a cosine of 1.0 on a tiny model depends on the CPU's kernels, so the
+        # verdict is forced here: this test is about what a failed gate leaves on disk.
+        report = check_variant(runtime, *args)
+        return {**report, "passed": report["passed"] and runtime.variant != "int8"}
+
+    monkeypatch.setattr(onnx_export, "check_variant", int8_fails)
     with pytest.raises(ExportParityError, match=r"\['int8'\].*nothing was written"):
-        export(tiny_student, out, strict, data)
+        export(tiny_student, out, ExportConfig(variants=["fp32", "int8"], latency_repeats=1), data)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export.safetensors"]
 
