@@ -156,6 +156,7 @@ class TrainConfig:
     keep_checkpoints: int = 1  # epoch checkpoints kept besides the selected one
     batching: Literal["random", "lexical"] = "lexical"  # lexical: hard-negative groups in each batch
     group_size: int = 4  # images per lexical group
+    bf16: bool = True  # bf16 autocast of forward and loss on CUDA (CPU training stays float32)
 
     def problems(self) -> list[str]:
         out = _positive(self, "epochs", "batch_size", "lr")
@@ -224,7 +225,7 @@ class ScoresConfig:
     """Teacher score caches of the training split: all pairs (in-batch KD) and the top-K candidates
     of every caption and every image from a first-stage dual encoder."""
 
-    top_k: int = 0  # candidates per query; 0: no top-K cache
+    top_k: int = 32  # candidates per query (student.losses.cached_kd reads them); 0: no top-K cache
     generator: str = "baseline"  # baseline | distilled (the first seed's student) | a student or export directory
     shard_queries: int = 1024  # queries per part: the unit of resumption and of sharding across torchrun ranks
     bf16: bool = True  # bf16 autocast when the teacher scores on a GPU (CPU scoring stays float32)
@@ -281,12 +282,66 @@ class AlignLossConfig:
 
 
 @dataclass
+class CachedKDLossConfig:
+    """Listwise distillation over each batch query's cached top-K teacher-scored candidates (the
+    caption's images and the image's captions); candidates are embedded by the momentum encoder."""
+
+    weight: float = 1.0
+    candidates: int = 32  # the first N of each cached list (at most the cache's K)
+    # 'auto': calibrated like kd.teacher_temperature, on the spread within the cached lists
+    teacher_temperature: float | Literal["auto"] = "auto"
+    teacher_logit_std: float = 4.0
+    student_scale: float = 20.0
+
+    def problems(self) -> list[str]:
+        out = _non_negative(self, "weight") + _positive(self, "candidates", "teacher_logit_std", "student_scale")
+        if self.teacher_temperature != "auto" and not self.teacher_temperature > 0:
+            out.append(f"teacher_temperature: must be > 0 or 'auto', got {self.teacher_temperature}")
+        return out
+
+
+@dataclass
+class ConceptLossConfig:
+    """SelfAlign concept-level alignment: Sinkhorn-Knopp assignments of one modality's tokens to
+    learnable prototypes are the targets that the other modality's best-matching tokens predict."""
+
+    weight: float = 0.1
+    prototypes: int = 64
+    temperature: float = 0.1  # of the predicted assignment's softmax
+    epsilon: float = 0.05  # Sinkhorn-Knopp entropy regularisation (smaller: sharper targets)
+    sinkhorn_iterations: int = 3
+    directions: Literal["both", "t2i", "i2t"] = "both"  # t2i: words predict image-token codes
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "weight") + _positive(self, "prototypes", "temperature", "epsilon",
+                                                         "sinkhorn_iterations")
+
+
+@dataclass
 class LossesConfig:
     """The student's named, weighted loss terms."""
 
     contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
     kd: KDLossConfig = field(default_factory=KDLossConfig)
+    cached_kd: CachedKDLossConfig = field(default_factory=CachedKDLossConfig)
     align: AlignLossConfig = field(default_factory=AlignLossConfig)
+    concept: ConceptLossConfig = field(default_factory=ConceptLossConfig)
+
+
+@dataclass
+class MomentumConfig:
+    """A momentum (EMA) copy of the student whose embeddings fill FIFO queues of past batches, which
+    the contrastive, in-batch KD and context-alignment terms use beyond the batch (MoCo / USER)."""
+
+    coefficient: float = 0.995  # 0: the queues take the student's own (detached) outputs, no second forward
+    queue_size: int = 1024  # past captions and images per queue (0: no queues)
+    token_queue_size: int = 4096  # past local tokens per modality for context alignment (with queue_size > 0)
+
+    def problems(self) -> list[str]:
+        out = _non_negative(self, "queue_size", "token_queue_size")
+        if not 0 <= self.coefficient < 1:
+            out.append(f"coefficient: must be in [0, 1), got {self.coefficient}")
+        return out
 
 
 @dataclass
@@ -304,9 +359,19 @@ class StudentConfig:
     image_pooling: Literal["tower", "flatten"] = "flatten"
     train: TrainConfig = field(default_factory=TrainConfig)
     losses: LossesConfig = field(default_factory=LossesConfig)
+    momentum: MomentumConfig = field(default_factory=MomentumConfig)
 
     def problems(self) -> list[str]:
         return _positive(self, "embed_dim")
+
+
+# Components of the student beyond the contrastive term, and which each student variant keeps:
+# `distilled` is the configured student, `baseline` the contrastive term alone, the others one
+# component on top of it (the rows of `itr-distill ablate`).
+STUDENT_COMPONENTS = ("kd", "cached_kd", "align", "concept", "queue")
+STUDENT_VARIANTS: dict[str, tuple[str, ...]] = {
+    "baseline": (), "kd": ("kd",), "cached-kd": ("cached_kd",), "selfalign": ("align", "concept"),
+    "queue": ("queue",), "distilled": STUDENT_COMPONENTS}
 
 
 @dataclass
@@ -444,9 +509,14 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     def problems(self) -> list[str]:
+        out = []
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            return [f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"]
-        return []
+            out.append(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        cached = self.student.losses.cached_kd
+        if cached.weight > 0 and not cached.candidates <= self.scores.top_k:
+            out.append(f"student.losses.cached_kd: needs scores.top_k >= its candidates ({cached.candidates}), "
+                       f"got top_k {self.scores.top_k} (set cached_kd.weight: 0 to train without a top-K cache)")
+        return out
 
     @property
     def run_path(self) -> Path:

@@ -1,12 +1,16 @@
-"""Process groups for work split across `torchrun` processes (one process: no group, no-op barriers).
+"""Process groups for work split across `torchrun` processes (one process: no group, no-ops).
 
-Only barriers and rank bookkeeping live here; the gloo backend serves them on any machine.
+Barriers, rank bookkeeping, gathers of per-rank rows (with gradient, for losses over the global
+batch) and gradient averaging. Scoring joins a gloo group (any machine); training joins NCCL on
+CUDA, gloo elsewhere.
 """
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
+
+import torch.distributed.nn.functional as dist_nn
 
 import torch
 import torch.distributed as dist
@@ -30,14 +34,53 @@ class Ranks:
         return items[self.rank::self.world]
 
 
-def ranks_from_env(timeout_hours: float = 24.0) -> Ranks:
-    """The rank and world size set by torchrun, joining (once) the gloo process group it describes."""
+def ranks_from_env(timeout_hours: float = 24.0, backend: str = "gloo") -> Ranks:
+    """The rank and world size set by torchrun, joining (once) the process group it describes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_hours))
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=timeout_hours))
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def _pad_tokens(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    if width == tensor.shape[1]:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], width - tensor.shape[1], *tensor.shape[2:])], dim=1)
+
+
+def gather_rows(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order; gradients flow back to each rank's own rows.
+
+    Token tensors (dim 1 = tokens) are right-padded with zeros (False for masks) to the widest
+    rank's token count first, as ranks trim their batches to their own longest caption.
+    """
+    if ranks.world == 1:
+        return tensor
+    if tensor.ndim >= 2:
+        width = torch.tensor([tensor.shape[1]], device=tensor.device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        tensor = _pad_tokens(tensor, int(width))
+    if tensor.requires_grad:
+        return torch.cat(dist_nn.all_gather(tensor), dim=0)
+    parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def average_gradients(params: list[torch.nn.Parameter], ranks: Ranks) -> None:
+    """Average the gradients of `params` over the ranks (one all-reduce of a flat buffer), as DDP does."""
+    if ranks.world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ranks.world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from core.config import Config, ConfigError, load_config, save_config
+from core.config import STUDENT_VARIANTS, Config, ConfigError, load_config, save_config
 from export.search import add_arguments as add_search_arguments
 
 log = logging.getLogger("itr_distill")
@@ -64,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
                             "from scores.generator")
     distill = sub.add_parser("distill", help="train one student")
     _add_config_args(distill)
-    distill.add_argument("--variant", default="distilled", choices=["distilled", "baseline"])
+    distill.add_argument("--variant", default="distilled", choices=list(STUDENT_VARIANTS),
+                         help="distilled: the configured student; baseline: contrastive only; kd, cached-kd, "
+                              "selfalign, queue: contrastive plus that component alone (the ablation's rows)")
     distill.add_argument("--seed", type=int, help="seed (default: the config's seed)")
     export = sub.add_parser("export", help="export a student to ONNX behind the parity gate")
     _add_config_args(export)
@@ -72,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(sub.add_parser("eval", help="evaluate teacher, students and ONNX student"))
     _add_config_args(sub.add_parser("bench", help="latency benchmark of a run; `bench teacher [options]`: teacher "
                                                   "scoring speed against the per-caption loop and the matmul floor"))
+    ablate = sub.add_parser("ablate", help="train every student variant (contrastive only; + in-batch KD; + cached KD; "
+                                           "+ SelfAlign; + momentum queues; all) over the seeds and write the table")
+    _add_config_args(ablate, config_required=True)
+    ablate.add_argument("--variants", nargs="+", choices=list(STUDENT_VARIANTS),
+                        help="rows to train (default: all of them)")
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
     _add_config_args(sub.add_parser("run", help="run every stage of a config"), config_required=True)
@@ -119,7 +127,16 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
     elif args.command == "teacher":
         stages.stage_teacher_score(cfg, args.split, args.force)
     elif args.command == "distill":
-        stages.stage_distill(cfg, args.variant, args.seed, args.force)
+        from distill.student_stage import stage_distill
+
+        stage_distill(cfg, args.variant, args.seed, args.force)
+    elif args.command == "ablate":
+        from distill.ablation import stage_ablate
+
+        stage_ablate(cfg, command_line, args.variants, args.force)
+        report = Path(cfg.run_dir, "report.json")
+        if report.is_file():  # the run's report gains the table; it keeps the command that made the rest
+            stages.stage_report(cfg.run_dir, json.loads(report.read_text(encoding="utf-8"))["command"])
     elif args.command == "export":
         stages.stage_export(cfg, args.student, args.force)
     elif args.command == "eval":

@@ -1,19 +1,23 @@
 """The one training loop: teacher fit and student distillation differ only in model and objective.
 
-Per step: forward the batch, ask the objective for its named terms (with the teacher's scores of
-the batch when distilling), stop on a non-finite loss naming the term, step AdamW under a warm-up +
-cosine schedule, log every term. Per epoch: optional validation, a checkpoint (weights, objective,
-optimiser and scheduler state), and pruning of old checkpoints. The selected epoch's weights
-become `model.safetensors`.
+Per step: forward the batch (bf16 autocast on CUDA), gather the outputs of every torchrun rank
+so that the losses see the global batch, ask the objective for its named terms (with the teacher's
+scores, the queues, the bank and the cached lists of the `StepContext`), stop on a non-finite loss
+naming the term, average the gradients over the ranks, step AdamW under a warm-up + cosine
+schedule, update the momentum encoder, queues and bank, log every term. Per epoch: optional
+validation, a checkpoint (weights, objective, optimiser and scheduler state), and pruning of old
+checkpoints. The selected epoch's weights become `model.safetensors`. Under torchrun every rank
+holds the same weights; rank 0 alone validates and writes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,14 +29,15 @@ from core.config import TrainConfig
 from core.data.images import ImagePreprocess
 from core.data.loading import Batch, pair_loader
 from core.data.records import CaptionSplit
+from core.distributed import Ranks, average_gradients, gather_rows
 from core.io import write_json
 from core.progress import progress as bar
 from core.seeding import seed_everything
 from core.towers.frozen import NOT_FROZEN, Frozen
-from distill.losses import Objective
+from distill.memory import Memory
+from distill.terms import Objective, StepContext
 
 log = logging.getLogger("itr_distill")
-TeacherScores = Callable[[Batch], torch.Tensor]
 Evaluate = Callable[[nn.Module], dict]
 
 
@@ -71,40 +76,54 @@ def _schedule(settings: TrainConfig, total_steps: int) -> Callable[[int], float]
     return factor
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked for; float32 (no autocast) elsewhere."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, preprocess: ImagePreprocess | None,
         settings: TrainConfig, out_dir: str | Path, seed: int, device: torch.device,
-        lr_scales: dict[str, float] | None = None, teacher_scores: TeacherScores | None = None,
+        lr_scales: dict[str, float] | None = None, context: StepContext | None = None, memory: Memory | None = None,
         evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True,
-        frozen: Frozen = NOT_FROZEN) -> FitResult:
+        frozen: Frozen = NOT_FROZEN, ranks: Ranks = Ranks()) -> FitResult:
     """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`.
 
-    `frozen` holds cached outputs of frozen towers for `train_split` (see core.towers.frozen):
-    their inputs are then neither loaded nor run through the tower.
+    `context` carries what the loss terms read besides the batch (teacher scores, cached lists, the
+    bank), `memory` the momentum encoder, queues and bank it keeps up to date. `frozen` holds cached
+    outputs of frozen towers for `train_split` (see core.towers.frozen): their inputs are then
+    neither loaded nor run through the tower. `settings.batch_size` is the global batch over `ranks`.
     """
     out_dir = Path(out_dir)
-    if objective.needs_teacher and teacher_scores is None:
+    context = context or StepContext()
+    if objective.needs_teacher and context.teacher is None:
         raise ValueError("the objective has a distillation term but no teacher scores were given")
+    if settings.batch_size % ranks.world:
+        raise ValueError(f"train.batch_size {settings.batch_size} is not divisible by the {ranks.world} torchrun ranks")
     generator = seed_everything(seed)
     model.to(device)
     objective.to(device)
     loader = pair_loader(train_split, preprocess, model.tokenize, settings.batch_size, generator=generator,
                          batching=settings.batching, group_size=settings.group_size, seed=seed,
-                         load_images=frozen[0] is None)
+                         load_images=frozen[0] is None, shard=(ranks.rank, ranks.world))
     if len(loader) == 0:
         raise ValueError(f"{train_split.source}: {train_split.n_captions} captions give no full batch of {settings.batch_size}")
     optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, settings.epochs * len(loader)))
+    step = _Step(model, objective, optimizer, scheduler, settings, device, frozen, context, memory, ranks)
     out_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     best_epoch, best_rsum = settings.epochs, -math.inf
-    with open(out_dir / "train_log.jsonl", "w", encoding="utf-8") as log_file:
+    with (open(out_dir / "train_log.jsonl", "w", encoding="utf-8") if ranks.is_main else contextlib.nullcontext()) as log_file:
         for epoch in range(1, settings.epochs + 1):
             started = time.perf_counter()
-            losses = _train_epoch(model, objective, loader, optimizer, scheduler, settings, epoch, device, frozen,
-                                  teacher_scores, log_file, f"{desc} epoch {epoch}/{settings.epochs}", progress,
-                                  out_dir / "checkpoints")
+            losses = _train_epoch(step, loader, epoch, log_file, f"{desc} epoch {epoch}/{settings.epochs}",
+                                  progress and ranks.is_main, out_dir / "checkpoints")
             record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
                       "loss": losses}
+            if not ranks.is_main:
+                continue
             if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
                 record["val"] = evaluate(model)
                 if settings.select == "best_val" and record["val"]["rsum"] > best_rsum:
@@ -118,45 +137,84 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     if settings.select == "last":
         best_epoch = settings.epochs
     weights = out_dir / "model.safetensors"
-    shutil.copyfile(out_dir / "checkpoints" / f"epoch_{best_epoch:03d}" / "model.safetensors", weights)
-    write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select, "history": history})
+    if ranks.is_main:
+        shutil.copyfile(out_dir / "checkpoints" / f"epoch_{best_epoch:03d}" / "model.safetensors", weights)
+        write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select, "history": history})
+    ranks.barrier()
     return FitResult(weights, best_epoch, history)
 
 
-def _train_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer, scheduler,
-                 settings: TrainConfig, epoch: int, device: torch.device, frozen: Frozen,
-                 teacher_scores: TeacherScores | None, log_file, desc: str, progress: bool,
-                 checkpoints: Path) -> dict[str, float]:
-    """One pass over the loader; returns the epoch's mean of every loss term (and the total)."""
-    objective.set_epoch(epoch)
-    model.train()
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    sums: dict[str, float] = {}
-    steps = bar(loader, desc, progress)
-    for batch in steps:
-        if frozen[0] is not None:
-            batch.image_features = frozen[0].take(batch.image_index)
-        if frozen[1] is not None:
-            batch.text_features = frozen[1].take(batch.caption_index)
-        batch = batch.to(device)
-        out = model(batch)
-        t_sims = teacher_scores(batch).to(device) if objective.needs_teacher else None
-        total, parts = objective(out, batch, t_sims)
+@dataclass
+class _Step:
+    """Everything one optimisation step touches."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    settings: TrainConfig
+    device: torch.device
+    frozen: Frozen
+    context: StepContext
+    memory: Memory | None
+    ranks: Ranks
+
+    def __call__(self, batch: Batch, desc: str, epoch: int, checkpoints: Path) -> dict[str, float]:
+        if self.frozen[0] is not None:
+            batch.image_features = self.frozen[0].take(batch.image_index)
+        if self.frozen[1] is not None:
+            batch.text_features = self.frozen[1].take(batch.caption_index)
+        batch = batch.to(self.device)
+        with autocast(self.device, self.settings.bf16):
+            out = _gathered(self.model(batch), self.ranks)
+            keys = _gathered(self.memory.keys(batch, out), self.ranks) if self.memory else None
+            whole = Batch(image_index=gather_rows(batch.image_index, self.ranks),
+                          caption_index=gather_rows(batch.caption_index, self.ranks))
+            ctx = self.context if self.memory is None else replace(self.context, queued=self.memory.queued(),
+                                                                    bank=self.memory.bank)
+            total, parts = self.objective(out, whole, ctx)
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not math.isfinite(v)] or ["total"]
             raise FloatingPointError(f"{desc}: non-finite loss in term(s) {bad} at epoch {epoch}, step "
-                                     f"{scheduler.last_epoch}; last good checkpoint: {checkpoints}")
-        optimizer.zero_grad(set_to_none=True)
+                                     f"{self.scheduler.last_epoch}; last good checkpoint: {checkpoints}")
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        average_gradients(trainable, self.ranks)
+        if self.settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, self.settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.memory:
+            self.memory.update(self.model, keys, whole.image_index, whole.caption_index)
         parts["total"] = float(total.detach())
+        return parts
+
+
+def _gathered(out: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:
+    """Model outputs of the global batch (similarities recomputed from the gathered embeddings)."""
+    if ranks.world == 1:
+        return out
+    whole = {k: gather_rows(v, ranks) for k, v in out.items() if k != "sims"}
+    if "sims" in out:
+        whole["sims"] = whole["img_emb"] @ whole["txt_emb"].T
+    return whole
+
+
+def _train_epoch(step: _Step, loader, epoch: int, log_file, desc: str, progress: bool,
+                 checkpoints: Path) -> dict[str, float]:
+    """One pass over the loader; returns the epoch's mean of every loss term (and the total)."""
+    step.objective.set_epoch(epoch)
+    step.model.train()
+    sums: dict[str, float] = {}
+    steps = bar(loader, desc, progress)
+    for batch in steps:
+        parts = step(batch, desc, epoch, checkpoints)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
-        log_file.write(json.dumps({"step": scheduler.last_epoch, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                   **parts}) + "\n")
+        if log_file is not None:
+            log_file.write(json.dumps({"step": step.scheduler.last_epoch, "epoch": epoch,
+                                       "lr": step.scheduler.get_last_lr()[0], **parts}) + "\n")
         steps.set_postfix(loss=f"{parts['total']:.3f}")
     return {k: v / len(loader) for k, v in sums.items()}
 

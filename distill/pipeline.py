@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, save_config
-from distill.losses import uses_teacher
-from distill.stages import (stage_bench, stage_data, stage_distill, stage_eval, stage_export, stage_report,
-                            stage_teacher_fit, stage_teacher_score, stage_teacher_topk, variant_config)
+from distill.stages import (stage_bench, stage_data, stage_eval, stage_export, stage_report, stage_teacher_fit,
+                            stage_teacher_score, stage_teacher_topk)
+from distill.student_stage import stage_distill, variant_config
+from distill.terms import uses_teacher
 
 log = logging.getLogger("itr_distill")
 

@@ -23,9 +23,9 @@ from core.schema import to_dict
 from core.ranking import top_k_ids
 from core.seeding import seed_everything
 from core.towers.frozen import frozen_for
-from distill.first_stage import first_stage
+from distill.first_stage import RUN_STUDENTS, first_stage
 from distill.loop import fit
-from distill.losses import calibrated_teacher_temperature, student_objective, teacher_objective, uses_teacher
+from distill.terms import teacher_objective
 from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
                                up_to_date)
 from eval.bench import run_benchmark
@@ -38,11 +38,10 @@ from export.onnx_export import GateData, export_student
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
 from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import candidate_scorer, precision, score_all
-from teacher.topk import build_topk_cache, open_topk_cache, topk_identity
+from teacher.topk import build_topk_cache, open_topk_cache, scores_from_dense, topk_identity
 
 log = logging.getLogger("itr_distill")
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
-VARIANTS = ("baseline", "distilled")
 
 
 # ---------------------------------------------------------------- data
@@ -160,6 +159,14 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
     return out
 
 
+def topk_identity_for(cfg: Config, paths: RunPaths, split: CaptionSplit, device: torch.device) -> dict[str, Any]:
+    """The manifest identity a top-K cache of `split` must have for this config."""
+    generator = first_stage(cfg.scores.generator, paths, cfg.experiment.seeds[0])
+    return topk_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+                         split.n_images, split.n_captions, cfg.scores.top_k, generator.identity,
+                         precision(device, cfg.scores.bf16))
+
+
 def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -> Path:
     """Each caption's and each image's top-K candidates from the first-stage dual encoder, scored by the
     teacher. Resumable; under torchrun every rank scores its share of the parts and rank 0 merges."""
@@ -173,8 +180,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
                          f"{split.n_captions} captions)")
     device = local_device(resolve_device(cfg.device))
     generator = first_stage(cfg.scores.generator, paths, cfg.experiment.seeds[0])
-    identity = topk_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
-                             split.n_images, split.n_captions, k, generator.identity, precision(device, cfg.scores.bf16))
+    identity = topk_identity_for(cfg, paths, split, device)
     out = paths.topk_scores(which)
     if not force and (out / "manifest.json").is_file():
         try:
@@ -188,77 +194,16 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
         images, captions = generator.embed(split, paths, cfg.eval.batch_size, device)
         return {"t2i": top_k_ids(captions, images, k)[0], "i2t": top_k_ids(images, captions, k)[0]}
 
-    teacher, (images, captions) = _teacher_sides(cfg, paths, split, device, ranks)
-    counts = build_topk_cache(out, identity, candidates, candidate_scorer(teacher, images, captions, cfg.scores.bf16),
-                              cfg.scores.shard_queries, ranks, progress=ranks.is_main,
+    try:  # the all-pairs cache of the same teacher already holds every score: gather instead of scoring
+        scorer = scores_from_dense(open_score_cache(paths.scores(which), _cache_identity(paths, split)))
+        log.info("top-%d scores of %s gathered from its all-pairs cache", k, which)
+    except (OSError, ValueError):
+        teacher, (images, captions) = _teacher_sides(cfg, paths, split, device, ranks)
+        scorer = candidate_scorer(teacher, images, captions, cfg.scores.bf16)
+    counts = build_topk_cache(out, identity, candidates, scorer, cfg.scores.shard_queries, ranks, progress=ranks.is_main,
                               source={"generator_path": str(generator.directory)}, fresh=force)
     log.info("rank %d of %d: scored %d parts, reused %d; top-%d cache of %s in %s", ranks.rank, ranks.world,
              counts["scored"], counts["reused"], k, which, out)
-    return out
-
-
-# ---------------------------------------------------------------- student
-
-def variant_config(cfg: Config, variant: str) -> StudentConfig:
-    """The configured student ('distilled') or the same student without KD and alignment ('baseline')."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown student variant {variant!r} (expected one of {VARIANTS})")
-    student = cfg.student
-    if variant == "baseline":
-        losses = dataclasses.replace(student.losses, kd=dataclasses.replace(student.losses.kd, weight=0.0),
-                                     align=dataclasses.replace(student.losses.align, weight=0.0))
-        student = dataclasses.replace(student, losses=losses)
-    return student
-
-
-def _resolve_teacher_temperature(student_cfg: StudentConfig, cache: np.ndarray, k: int) -> StudentConfig:
-    """Replace kd.teacher_temperature 'auto' by the value calibrated on the score cache."""
-    kd = student_cfg.losses.kd
-    if kd.teacher_temperature != "auto":
-        return student_cfg
-    tau, spread = calibrated_teacher_temperature(cache, k, student_cfg.train.batch_size, kd.teacher_logit_std)
-    log.info("teacher temperature (auto): %.4f (in-batch teacher score spread %.4f -> logit std %.1f)",
-             tau, spread, kd.teacher_logit_std)
-    losses = dataclasses.replace(student_cfg.losses, kd=dataclasses.replace(kd, teacher_temperature=tau))
-    return dataclasses.replace(student_cfg, losses=losses)
-
-
-def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = None, force: bool = False) -> Path:
-    """Train one student (a variant and a seed); reads the train score cache when it distils."""
-    seed = cfg.seed if seed is None else seed
-    paths = RunPaths(cfg.run_dir)
-    out = paths.student(variant, seed)
-    student_cfg = variant_config(cfg, variant)
-    train, val = load_split(cfg, "train"), load_split(cfg, "val")
-    key: dict[str, Any] = {"data": train.fingerprint(), "student": to_dict(student_cfg), "seed": seed}
-    teacher_scores = None
-    if uses_teacher(student_cfg.losses):
-        identity = _cache_identity(paths, train)
-        key["teacher"] = identity["teacher_checkpoint_sha256"]
-        cache = open_score_cache(paths.scores("train"), identity)
-        teacher_scores = lambda b: torch.from_numpy(np.ascontiguousarray(cache[np.ix_(b.image_index.numpy(), b.caption_index.numpy())]))
-        student_cfg = _resolve_teacher_temperature(student_cfg, cache, train.captions_per_image)
-    if not force and up_to_date(out, key):
-        log.info("student %s is up to date (%s)", out.name, out)
-        return out
-    objective = student_objective(student_cfg.losses)
-    device = resolve_device(cfg.device)
-    text_model = text_source(paths, student_cfg.text_tower, train)
-    seed_everything(seed)
-    student = new_model("student", student_cfg, text_model, feature_dim(train))
-    out.mkdir(parents=True, exist_ok=True)
-    save_model_info(out, "student", student_cfg, text_model, feature_dim(train), seed=seed, variant=variant,
-                    losses=[t.name for t in objective.terms])
-    pre, bs = student.image_tower.preprocess(), cfg.eval.batch_size
-    frozen_val = frozen_for(student, val, paths.features, bs, device)
-    evaluate = lambda m: metrics_for(student_sims(m, val, pre, bs, device, False, frozen_val), val)
-    result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
-                 lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
-                 teacher_scores=teacher_scores, evaluate=evaluate, desc=f"student {out.name}",
-                 frozen=frozen_for(student, train, paths.features, bs, device))
-    log.info("student %s: epoch %d selected, val rsum %.1f", out.name, result.selected_epoch,
-             result.selected_metrics.get("rsum", float("nan")))
-    stamp(out, key)
     return out
 
 
@@ -305,7 +250,7 @@ def _export_source(paths: RunPaths) -> Path:
 
 def _student_dirs(cfg: Config) -> list[Path]:
     paths = RunPaths(cfg.run_dir)
-    variants = VARIANTS if cfg.experiment.baseline else ("distilled",)
+    variants = RUN_STUDENTS if cfg.experiment.baseline else ("distilled",)
     return [paths.student(v, s) for s in cfg.experiment.seeds for v in variants
             if (paths.student(v, s) / "model.safetensors").is_file()]
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from core.io import read_json, write_json, write_text
 from core.machine import describe
+from eval.ablation_table import to_markdown as ablation_markdown
 from eval.bench_tables import scaling_markdown
 from eval.figures import accuracy_vs_latency, latency_vs_gallery
 
@@ -173,6 +174,8 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
         lines += _scaling_lines(summary, figures.get("gallery"))
     if summary.get("matrix"):
         lines += _matrix_lines(summary)
+    if summary.get("ablation"):
+        lines += ["", ablation_markdown(summary["ablation"]).rstrip()]
     if summary["checks"]:
         lines += ["", "Checks:", ""] + [f"- {name}: {'yes' if ok else 'NO'}" for name, ok in summary["checks"].items()]
     if summary.get("machine"):
@@ -189,6 +192,9 @@ def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
     bench = read_json(bench_path) if bench_path.exists() else None
     summary = summarise(results, bench)
     summary["command"] = command
+    ablation_path = run_dir / "ablation" / "ablation.json"
+    if ablation_path.exists():  # written by `itr-distill ablate`
+        summary["ablation"] = read_json(ablation_path)
     (run_dir / "figures").mkdir(exist_ok=True)
     figures = {}
     if accuracy_vs_latency(summary, run_dir / "figures" / "accuracy_vs_latency.png"):

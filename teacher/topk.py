@@ -92,6 +92,17 @@ def _prepare(partial: Path, identity: dict[str, Any], candidates: Candidates, fr
     write_json(partial / IDENTITY, identity)
 
 
+def scores_from_dense(scores: np.ndarray) -> ScorePart:
+    """A ScorePart that reads an all-pairs score matrix (n_images, n_captions) instead of scoring."""
+
+    def score(direction: str, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if direction == "t2i":
+            return np.asarray(scores[candidates, queries[:, None]], dtype=np.float32)
+        return np.asarray(scores[queries[:, None], candidates], dtype=np.float32)
+
+    return score
+
+
 def build_topk_cache(directory: str | Path, identity: dict[str, Any], candidates: Candidates, score_part: ScorePart,
                      shard_queries: int, ranks: Ranks = Ranks(), progress: bool = True,
                      source: dict[str, Any] | None = None, fresh: bool = False) -> dict[str, int]:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from core.data.batching import LexicalBatches
 from core.data.images import ImagePreprocess, load_image
@@ -115,11 +116,12 @@ def _stack_images(images: list[torch.Tensor | None]) -> tuple[torch.Tensor | Non
 def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokenize: Tokenize,
                 batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
                 num_workers: int = 0, batching: str = "random", group_size: int = 4, seed: int = 0,
-                load_images: bool = True) -> DataLoader:
+                load_images: bool = True, shard: tuple[int, int] = (0, 1)) -> DataLoader:
     """Caption-level pairs, tokenised by `tokenize`.
 
     `batching='random'` shuffles captions (`generator` fixes the order); `'lexical'` fills batches
     with groups of lexically close images (see `core.data.batching`), seeded by `seed`.
+    `shard=(rank, world)` gives rank `rank` its slice of every batch (batch_size is the global batch).
     """
 
     def collate(items: list[tuple[torch.Tensor, str, int, int]]) -> Batch:
@@ -132,11 +134,30 @@ def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokeniz
     dataset = PairDataset(split, preprocess, load_images)
     if batching == "lexical":
         sampler = LexicalBatches(split.captions, split.captions_per_image, batch_size, group_size, seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
-    if batching != "random":
+    elif batching == "random":
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        sampler = BatchSampler(order, batch_size, drop_last=shuffle)
+    else:
         raise ValueError(f"unknown batching {batching!r} (expected 'random' or 'lexical')")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate, num_workers=num_workers, drop_last=shuffle)
+    if shard[1] > 1:
+        sampler = ShardedBatches(sampler, *shard)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+
+
+class ShardedBatches:
+    """Rank r of w takes the r-th contiguous slice of every global batch, so that the ranks' slices,
+    gathered in rank order, are the global batch a single process would see."""
+
+    def __init__(self, batches: Iterable[list[int]], rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            per_rank = len(batch) // self.world
+            yield list(batch[self.rank * per_rank:(self.rank + 1) * per_rank])
 
 
 def image_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,

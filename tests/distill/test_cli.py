@@ -82,7 +82,7 @@ def test_stage_alone_from_the_run_dir(finished_run):
 
 def test_changed_teacher_invalidates_the_score_cache(finished_run, tmp_path):
     from core.config import load_config
-    from distill.stages import stage_distill
+    from distill.student_stage import stage_distill
     from teacher.cache import ScoreCacheMismatch
 
     config, run = finished_run

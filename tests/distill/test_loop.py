@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from core.config import LossesConfig, TrainConfig
 from distill.loop import fit
-from distill.losses import LossTerm, Objective, student_objective
+from distill.terms import LossTerm, Objective, student_objective
 from tests.conftest import build_tiny
 
 SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val", keep_checkpoints=0)
@@ -14,8 +14,8 @@ SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val"
 
 def contrastive_only() -> Objective:
     cfg = LossesConfig()
-    cfg.kd.weight = 0.0
-    return student_objective(cfg)
+    cfg.kd.weight = cfg.cached_kd.weight = cfg.concept.weight = 0.0
+    return student_objective(cfg, 32)
 
 
 def test_fit_writes_checkpoints_logs_and_the_selected_weights(tiny_student, splits, tmp_path):
@@ -50,7 +50,7 @@ def test_same_seed_same_weights(text_model_dir, splits, tmp_path):
 class Exploding(LossTerm):
     name = "exploding"
 
-    def forward(self, out, batch, teacher_sims):
+    def forward(self, out, batch, ctx):
         return out["sims"].sum() * float("nan")
 
 
@@ -64,7 +64,7 @@ def test_non_finite_loss_stops_naming_the_term(tiny_student, splits, tmp_path):
 
 def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):
     losses = LossesConfig()
-    losses.kd.teacher_temperature = 0.1
+    losses.kd.teacher_temperature = losses.cached_kd.teacher_temperature = 0.1
     with pytest.raises(ValueError, match="no teacher scores"):
-        fit(tiny_student, student_objective(losses), splits["train"], tiny_student.image_tower.preprocess(),
+        fit(tiny_student, student_objective(losses, 32), splits["train"], tiny_student.image_tower.preprocess(),
             SETTINGS, tmp_path, 0, torch.device("cpu"), progress=False)

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from core.config import LossesConfig, TeacherConfig
-from distill.losses import (ContrastiveTerm, KDTerm, Objective, context_alignment, hinge, infonce, listnet,
-                            same_image_off_diagonal, student_objective, teacher_objective)
+from distill.losses import hinge, infonce, listnet, same_image_off_diagonal
+from distill.selfalign import context_alignment
+from distill.terms import ContrastiveTerm, KDTerm, Objective, StepContext, student_objective, teacher_objective
 
 
 def test_same_image_mask():
@@ -100,18 +101,19 @@ def test_context_alignment_has_no_negatives_within_one_image():
 
 def test_objective_weights_and_names():
     cfg = LossesConfig()
-    cfg.contrastive.weight, cfg.kd.weight, cfg.align.weight = 1.0, 0.5, 0.0
+    cfg.contrastive.weight, cfg.kd.weight, cfg.align.weight, cfg.cached_kd.weight, cfg.concept.weight = 1.0, 0.5, 0, 0, 0
     with pytest.raises(ValueError, match="resolved"):
-        student_objective(cfg)  # 'auto' temperature needs the score cache
+        student_objective(cfg, 4)  # 'auto' temperature needs the score cache
     cfg.kd.teacher_temperature = 0.1
-    obj = student_objective(cfg)
-    assert [t.name for t in obj.terms] == ["contrastive", "kd"] and obj.needs_teacher
+    obj = student_objective(cfg, 4)
+    assert [t.name for t in obj.terms] == ["contrastive", "kd"] and obj.needs_teacher and not obj.needs_lists
     sims = torch.randn(3, 3)
-    batch = type("B", (), {"image_index": torch.arange(3)})()
-    total, parts = obj({"sims": sims}, batch, torch.randn(3, 3))
+    batch = type("B", (), {"image_index": torch.arange(3), "caption_index": torch.arange(3)})()
+    teacher = torch.randn(3, 3)
+    total, parts = obj({"sims": sims}, batch, StepContext(teacher=lambda i, c: teacher[i][:, c]))
     assert total.item() == pytest.approx(parts["contrastive"] + 0.5 * parts["kd"], abs=1e-5)
     with pytest.raises(ValueError, match="teacher scores"):
-        obj({"sims": sims}, batch, None)
+        obj({"sims": sims}, batch, StepContext())
     assert [t.name for t in teacher_objective(TeacherConfig()).terms] == ["hinge"]
     with pytest.raises(ValueError, match="at least one"):
         Objective([])
@@ -136,3 +138,60 @@ def test_calibrated_temperature_gives_the_target_logit_spread():
     assert tau10 == pytest.approx(10 * tau, rel=1e-6)  # scale-free: 10x the spread, 10x the temperature
     with pytest.raises(ValueError, match="do not vary"):
         calibrated_teacher_temperature(np.ones((20, 100)), 5, 8, 6.0)
+
+
+def test_queued_candidates_extend_infonce_and_listnet_as_extra_columns():
+    from distill.losses import Beyond
+
+    torch.manual_seed(0)
+    sims, extra_i2t, extra_t2i = torch.randn(3, 3), torch.randn(3, 2), torch.randn(3, 2)
+    ids = torch.tensor([0, 0, 1])
+    none = torch.zeros(3, 2, dtype=torch.bool)
+    # the queued columns are ordinary extra negatives: InfoNCE over [batch | queue]
+    got = infonce(sims, ids, 2.0, Beyond(extra_i2t, none, extra_t2i, none))
+    i2t = torch.cat([sims, extra_i2t], 1) * 2.0
+    t2i = torch.cat([sims.T, extra_t2i], 1) * 2.0
+    for rows in (i2t, t2i):
+        rows[0, 1] = rows[1, 0] = float("-inf")  # two captions of image 0
+    expected = (F.cross_entropy(i2t, torch.arange(3)) + F.cross_entropy(t2i, torch.arange(3))) / 2
+    torch.testing.assert_close(got, expected)
+    # queued pairs of a row's own image are excluded: all excluded = no queue
+    everything = torch.ones(3, 2, dtype=torch.bool)
+    torch.testing.assert_close(infonce(sims, ids, 2.0, Beyond(extra_i2t, everything, extra_t2i, everything)),
+                               infonce(sims, ids, 2.0))
+    teacher = torch.randn(3, 3)
+    t_beyond = Beyond(torch.randn(3, 2), everything, torch.randn(3, 2), everything)
+    torch.testing.assert_close(listnet(sims, teacher, ids, 0.1, 5.0, Beyond(extra_i2t, everything, extra_t2i, everything),
+                                       t_beyond), listnet(sims, teacher, ids, 0.1, 5.0))
+
+
+def test_candidate_listnet_by_hand():
+    from distill.losses import candidate_listnet
+
+    query = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    teacher = torch.tensor([[0.5, 0.5]])  # equal scores: a uniform target
+    student_logits = torch.tensor([[1.0, 0.0]]) * 3.0
+    expected = -(0.5 * torch.log_softmax(student_logits, 1)).sum()
+    torch.testing.assert_close(candidate_listnet(query, candidates, teacher, 0.1, 3.0), expected)
+
+
+def test_cached_kd_term_reads_each_querys_list_and_the_bank():
+    import numpy as np
+
+    from distill.memory import EmbeddingBank
+    from distill.terms import CachedKDTerm
+
+    bank = EmbeddingBank(F.normalize(torch.randn(4, 3), dim=-1), F.normalize(torch.randn(8, 3), dim=-1))
+    lists = {"t2i_candidates": np.array([[0, 1, 2]] * 8), "t2i_scores": np.tile(np.float32([0.3, 0.2, 0.1]), (8, 1)),
+             "i2t_candidates": np.array([[0, 5, 6]] * 4), "i2t_scores": np.tile(np.float32([0.3, 0.1, 0.0]), (4, 1))}
+    out = {"img_emb": F.normalize(torch.randn(2, 3), dim=-1), "txt_emb": F.normalize(torch.randn(2, 3), dim=-1)}
+    batch = type("B", (), {"image_index": torch.tensor([0, 3]), "caption_index": torch.tensor([1, 7])})()
+    term = CachedKDTerm(1.0, candidates=2, teacher_temperature=0.1, student_scale=5.0)
+    got = term(out, batch, StepContext(bank=bank, lists=lists))
+    from distill.losses import candidate_listnet
+    t2i = candidate_listnet(out["txt_emb"], bank.images[torch.tensor([[0, 1], [0, 1]])], torch.tensor([[0.3, 0.2]] * 2), 0.1, 5.0)
+    i2t = candidate_listnet(out["img_emb"], bank.captions[torch.tensor([[0, 5], [0, 5]])], torch.tensor([[0.3, 0.1]] * 2), 0.1, 5.0)
+    torch.testing.assert_close(got, (t2i + i2t) / 2)
+    with pytest.raises(ValueError, match="top-K score cache"):
+        term(out, batch, StepContext())

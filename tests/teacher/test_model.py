@@ -51,7 +51,7 @@ def test_candidate_scores_equal_all_pairs_scores(tiny_teacher, splits):
 
 def test_imram_teacher_trains_saves_and_reloads(text_model_dir, splits, tmp_path):
     from core.checkpoint import save_weights
-    from distill.losses import teacher_objective
+    from distill.terms import teacher_objective
     from distill.loop import fit
     from distill.workspace import load_model, save_model_info
     from tests.conftest import build_tiny

@@ -1,0 +1,75 @@
+"""`itr-distill ablate`: train each student variant over the configured seeds with the same budget,
+evaluate them on the evaluation split, and write the ablation table (JSON + Markdown) into the run."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from core.config import STUDENT_VARIANTS, Config
+from core.devices import resolve_device
+from core.io import read_json, write_json, write_text
+from core.machine import machine_info
+from core.towers.frozen import frozen_for
+from distill.stages import load_split, stage_data, stage_teacher_fit, stage_teacher_score, stage_teacher_topk
+from distill.student_stage import component_on, stage_distill, variant_config
+from distill.terms import uses_teacher
+from distill.workspace import RunPaths, load_model
+from eval.ablation_table import summarise_rows, to_markdown
+from eval.evaluate import metrics_for, student_sims
+
+log = logging.getLogger("itr_distill")
+ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ cached top-K KD",
+        "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues", "distilled": "all (the configured student)"}
+
+
+def _prerequisites(cfg: Config, force: bool) -> None:
+    """Data, teacher, the baseline students (a top-K cache's first stage) and the score caches."""
+    stage_data(cfg, force)
+    stage_teacher_fit(cfg, force)
+    for seed in cfg.experiment.seeds:
+        stage_distill(cfg, "baseline", seed, force)
+    if uses_teacher(cfg.student.losses):
+        stage_teacher_score(cfg, "train", force)
+    if cfg.scores.top_k > 0:
+        stage_teacher_topk(cfg, "train", force)
+
+
+def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Train and evaluate every variant (whose component the config turns on) for every seed."""
+    variants = variants or list(ROWS)
+    unknown = [v for v in variants if v not in STUDENT_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variant(s) {unknown} (expected some of {list(ROWS)})")
+    _prerequisites(cfg, force)
+    paths, device = RunPaths(cfg.run_dir), resolve_device(cfg.device)
+    split = load_split(cfg, cfg.eval.split)
+    rows, skipped = [], []
+    for variant in variants:
+        student_cfg = variant_config(cfg, variant)
+        kept = STUDENT_VARIANTS[variant]
+        if kept and not any(component_on(student_cfg, c) for c in kept):
+            skipped.append(variant)
+            continue
+        per_seed = []
+        for seed in cfg.experiment.seeds:
+            directory = stage_distill(cfg, variant, seed, force)
+            model = load_model(directory, device)
+            sims = student_sims(model, split, model.image_tower.preprocess(), cfg.eval.batch_size, device, False,
+                                frozen_for(model, split, paths.features, cfg.eval.batch_size, device))
+            per_seed.append(metrics_for(sims, split, cfg.eval.folds))
+            log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1]["rsum"])
+        terms = read_json(directory / "model.json")["losses"]
+        if student_cfg.momentum.queue_size:
+            terms = terms + [f"queue {student_cfg.momentum.queue_size}"]
+        rows.append({"variant": variant, "label": ROWS.get(variant, variant), "terms": terms,
+                     "seeds": list(cfg.experiment.seeds), "per_seed": per_seed})
+    train = cfg.student.train
+    table = {"split": cfg.eval.split, "gallery_images": split.n_images, "seeds": list(cfg.experiment.seeds),
+             "budget": f"{train.epochs} epochs of batch {train.batch_size}, selection {train.select}",
+             "rows": summarise_rows(rows), "skipped": skipped, "machine": machine_info(), "command": command}
+    out = paths.root / "ablation"
+    write_json(out / "ablation.json", table)
+    write_text(out / "ablation.md", to_markdown(table))
+    log.info("ablation table written to %s", out / "ablation.md")
+    return table

@@ -1,0 +1,45 @@
+"""The ablation table: each student variant's retrieval metrics over seeds (mean ± std), and how far
+each row moves rsum from the contrastive-only row relative to the seed spread."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.machine import describe
+
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row {variant, label, components, seeds, per_seed, mean, std}: std is the sample std (ddof 1)."""
+    out = []
+    for row in rows:
+        values = {k: np.array([m[k] for m in row["per_seed"]]) for k in COLUMNS}
+        std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+        out.append({**row, "mean": {k: float(v.mean()) for k, v in values.items()}, "std": std})
+    base = next((r for r in out if r["variant"] == "baseline"), None)
+    for row in out:
+        if base is not None and row is not base:
+            delta = row["mean"]["rsum"] - base["mean"]["rsum"]
+            spread = max(row["std"]["rsum"], base["std"]["rsum"])
+            row["rsum_vs_contrastive"] = {"delta": delta, "seed_spread": spread, "beyond_spread": abs(delta) > spread}
+    return out
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    """The table with its split, budget, machine and command."""
+    lines = ["## Ablation", "",
+             f"Split `{table['split']}` ({table['gallery_images']} images); every row trains with the same budget "
+             f"({table['budget']}); mean ± std (sample) over seeds {table['seeds']}. Δ rsum is against the "
+             "contrastive-only row; 'beyond spread' when |Δ| exceeds the larger of the two rows' std.", "",
+             "| Student | terms | " + " | ".join(COLUMNS) + " | Δ rsum |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for row in table["rows"]:
+        cells = [f"{row['mean'][k]:.1f} ± {row['std'][k]:.1f}" for k in COLUMNS]
+        vs = row.get("rsum_vs_contrastive")
+        delta = "-" if vs is None else f"{vs['delta']:+.1f}" + (" (beyond spread)" if vs["beyond_spread"] else "")
+        lines.append(f"| {row['label']} | {', '.join(row['terms'])} | " + " | ".join(cells) + f" | {delta} |")
+    if table.get("skipped"):
+        lines += ["", "Not trained (component off in this config): " + ", ".join(table["skipped"])]
+    lines += ["", f"Machine: {describe(table['machine'])}.", "", f"Reproduce: `{table['command']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+import torch
+from torch import nn
+
+from distill.memory import EmbeddingBank, FifoQueue, MomentumEncoder, PairQueues
+
+
+def test_fifo_queue_keeps_the_newest_rows_oldest_first():
+    q = FifoQueue(size=3, dim=1, n_ids=1)
+    assert len(q.contents()[0]) == 0
+    q.push(torch.tensor([[1.0], [2.0]]), torch.tensor([1, 2]))
+    assert q.contents()[0].flatten().tolist() == [1.0, 2.0]
+    q.push(torch.tensor([[3.0], [4.0]]), torch.tensor([3, 4]))
+    vectors, ids = q.contents()
+    assert vectors.flatten().tolist() == [2.0, 3.0, 4.0] and ids.flatten().tolist() == [2, 3, 4]
+    q.push(torch.arange(5.0, 10.0)[:, None], torch.arange(5, 10))  # more than it holds: the newest 3
+    assert q.contents()[0].flatten().tolist() == [7.0, 8.0, 9.0]
+
+
+def test_pair_queues_hold_valid_tokens_with_their_image():
+    queues = PairQueues(size=4, token_size=8, dim=2)
+    keys = {"img_emb": torch.ones(2, 2), "txt_emb": torch.zeros(2, 2),
+            "img_local": torch.arange(12.0).reshape(2, 3, 2), "img_local_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]).bool(),
+            "txt_local": torch.zeros(2, 1, 2), "txt_local_mask": torch.ones(2, 1, dtype=torch.bool)}
+    queues.push(keys, torch.tensor([5, 6]), torch.tensor([25, 30]))
+    view = queues.view()
+    assert view.image_index.tolist() == [5, 6] and view.caption_index.tolist() == [25, 30]
+    assert view.img_token_image.tolist() == [5, 5, 6]
+    assert view.img_tokens.tolist() == [[0.0, 1.0], [2.0, 3.0], [6.0, 7.0]]  # padded tokens never enter
+
+
+def test_momentum_encoder_averages_trainable_weights_and_leaves_frozen_ones():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].weight.requires_grad_(False)
+    momentum = MomentumEncoder(model, coefficient=0.75)
+    before = [p.clone() for p in momentum.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    momentum.update(model)
+    after = list(momentum.model.parameters())
+    torch.testing.assert_close(after[0], 0.75 * before[0] + 0.25 * (before[0] + 1))
+    torch.testing.assert_close(after[2], before[2])  # frozen: the online copy did not train it
+    assert not any(p.requires_grad for p in momentum.model.parameters())
+
+
+def test_coefficient_zero_queues_the_online_outputs_detached():
+    online = {"img_emb": torch.ones(1, 2, requires_grad=True) * 2}
+    keys = MomentumEncoder(nn.Linear(1, 1), 0.0).keys(None, online)
+    assert not keys["img_emb"].requires_grad and torch.equal(keys["img_emb"], online["img_emb"].detach())
+
+
+def test_bank_rows_are_replaced_by_the_batch():
+    bank = EmbeddingBank(torch.zeros(3, 2), torch.zeros(6, 2))
+    bank.push({"img_emb": torch.ones(1, 2), "txt_emb": torch.full((1, 2), 2.0)}, torch.tensor([1]), torch.tensor([4]))
+    assert bank.images[1].tolist() == [1.0, 1.0] and bank.images[0].tolist() == [0.0, 0.0]
+    assert bank.captions[4].tolist() == [2.0, 2.0]
