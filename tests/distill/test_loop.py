@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -68,3 +69,16 @@ def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):
     with pytest.raises(ValueError, match="no teacher scores"):
         fit(tiny_student, student_objective(losses, 32), splits["train"], tiny_student.image_tower.preprocess(),
             SETTINGS, tmp_path, 0, torch.device("cpu"), progress=False)
+
+
+def test_bf16_autocasts_on_cuda_only_so_cpu_training_is_unchanged(text_model_dir, splits, tmp_path):
+    from distill.loop import autocast
+
+    assert isinstance(autocast(torch.device("cpu"), True), contextlib.nullcontext)
+    runs = []
+    for bf16 in (False, True):
+        model = build_tiny("student", text_model_dir)
+        settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=1, eval_every=0, select="last", bf16=bf16)
+        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], model.image_tower.preprocess(),
+                                      settings, tmp_path / str(bf16), 3, torch.device("cpu"), progress=False).weights)))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
