@@ -225,7 +225,7 @@ class ScoresConfig:
     """Teacher score caches of the training split: all pairs (in-batch KD) and the top-K candidates
     of every caption and every image from a first-stage dual encoder."""
 
-    top_k: int = 32  # candidates per query (student.losses.cached_kd reads them); 0: no top-K cache
+    top_k: int = 0  # candidates per query (student.losses.cached_kd reads them); 0: no top-K cache
     generator: str = "baseline"  # baseline | distilled (the first seed's student) | a student or export directory
     shard_queries: int = 1024  # queries per part: the unit of resumption and of sharding across torchrun ranks
     bf16: bool = True  # bf16 autocast when the teacher scores on a GPU (CPU scoring stays float32)
@@ -286,7 +286,7 @@ class CachedKDLossConfig:
     """Listwise distillation over each batch query's cached top-K teacher-scored candidates (the
     caption's images and the image's captions); candidates are embedded by the momentum encoder."""
 
-    weight: float = 1.0
+    weight: float = 0.0  # off in the embedded default: it did not help there (see the README's ablation)
     candidates: int = 32  # the first N of each cached list (at most the cache's K)
     # 'auto': calibrated like kd.teacher_temperature, on the spread within the cached lists
     teacher_temperature: float | Literal["auto"] = "auto"
@@ -305,7 +305,7 @@ class ConceptLossConfig:
     """SelfAlign concept-level alignment: Sinkhorn-Knopp assignments of one modality's tokens to
     learnable prototypes are the targets that the other modality's best-matching tokens predict."""
 
-    weight: float = 0.1
+    weight: float = 0.0  # off in the embedded default: it did not help there (see the README's ablation)
     prototypes: int = 64
     temperature: float = 0.1  # of the predicted assignment's softmax
     epsilon: float = 0.05  # Sinkhorn-Knopp entropy regularisation (smaller: sharper targets)
@@ -334,7 +334,7 @@ class MomentumConfig:
     the contrastive, in-batch KD and context-alignment terms use beyond the batch (MoCo / USER)."""
 
     coefficient: float = 0.995  # 0: the queues take the student's own (detached) outputs, no second forward
-    queue_size: int = 1024  # past captions and images per queue (0: no queues)
+    queue_size: int = 0  # past captions and images per queue (0: no queues; off in the embedded default)
     token_queue_size: int = 4096  # past local tokens per modality for context alignment (with queue_size > 0)
 
     def problems(self) -> list[str]:

@@ -38,7 +38,7 @@ def tiny_config_dict(run_dir: Path, data_dir: Path) -> dict:
                  "synthetic": {"n_train": 48, "n_val": 16, "n_test": 16, "image_size": 32}},
         "teacher": TINY_TOWERS,
         "scores": {"top_k": 8},
-        "student": {**TINY_TOWERS, "losses": {"cached_kd": {"candidates": 4}}},
+        "student": {**TINY_TOWERS, "losses": {"cached_kd": {"weight": 1.0, "candidates": 4}, "concept": {"weight": 0.1}}},
         "experiment": {"seeds": [0, 1]},
         "export": {"gate": TINY_GATES, "latency_repeats": 2},
         "bench": TINY_BENCH,

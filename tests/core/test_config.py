@@ -77,7 +77,8 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_student_options_that_cannot_work_are_refused_before_any_work():
     with pytest.raises(ConfigError) as info:
-        load_config(None, ["scores.top_k=0", "student.momentum.coefficient=1", "student.losses.concept.prototypes=0",
+        load_config(None, ["student.losses.cached_kd.weight=1", "student.momentum.coefficient=1",
+                           "student.losses.concept.prototypes=0",
                            "student.losses.cached_kd.teacher_temperature=-2"])
     problems = "\n".join(info.value.problems)
     assert "student.losses.cached_kd: needs scores.top_k >= its candidates (32), got top_k 0" in problems
@@ -85,3 +86,4 @@ def test_student_options_that_cannot_work_are_refused_before_any_work():
     assert "student.losses.concept.prototypes: must be > 0" in problems
     assert "student.losses.cached_kd.teacher_temperature: must be > 0 or 'auto'" in problems
     load_config(None, ["scores.top_k=0", "student.losses.cached_kd.weight=0"])  # no top-K cache, no cached KD: fine
+    load_config(None, ["scores.top_k=32", "student.losses.cached_kd.weight=1"])
