@@ -69,10 +69,14 @@ class DataConfig:
     image_root: str | None = None
     captions_per_image: int = 5
     splits: SplitsConfig = field(default_factory=SplitsConfig)
-    # Keep only the first N images of a split (None: all). For quick runs.
+    # Keep only the first N images of a split (None: all; only those are checked). For quick runs.
     limit_train: int | None = None
     limit_val: int | None = None
     limit_test: int | None = None
+    # Bad entries (missing, unreadable or oversized images, too few captions, ...): false stops before
+    # training with one error listing them; true (the CLI's --skip-bad) leaves them out, counts them in
+    # the log and lists them in <run_dir>/bad_data.json.
+    skip_bad: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def problems(self) -> list[str]:

@@ -2,15 +2,20 @@
 
 Every output of the pipeline goes through `atomic_path` / `atomic_dir`: the bytes are written
 next to the target and renamed into place, so a killed process leaves the old complete file or
-the new complete one, never a torn one.
+the new complete one, never a torn one. A directory replaces an existing one by an atomic exchange
+on Linux; elsewhere the old one is moved aside first and put back by the next write if a kill
+falls between the two renames.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,10 +29,10 @@ def _umask() -> int:
     return mask
 
 
-def _publish(tmp: Path, target: Path, mode: int) -> None:
-    """Give the temporary file or directory the permissions a plain create would have, then rename it."""
+def _ordinary(tmp: Path, mode: int) -> None:
+    """Give a temporary file or directory the permissions a plain create would have (mkstemp and
+    mkdtemp make them private)."""
     os.chmod(tmp, mode & ~_umask())
-    os.replace(tmp, target)
 
 
 @contextlib.contextmanager
@@ -40,7 +45,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _publish(tmp_path, target, 0o666)  # mkstemp makes files private
+        _ordinary(tmp_path, 0o666)
+        os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -51,21 +57,50 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside `target`; swap it in for `target` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
+        _ordinary(tmp, 0o777)
+        if not target.exists():
+            os.replace(tmp, target)
+        elif not _exchange(tmp, target):
+            old = _aside(target)
             if old.exists():
                 shutil.rmtree(old)
-            os.replace(target, old)
-        _publish(tmp, target, 0o777)  # mkdtemp makes directories private
-        if old is not None:
+            os.replace(target, old)  # a kill from here to the next rename leaves it for `_recover`
+            os.replace(tmp, target)
             shutil.rmtree(old)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp)  # after an exchange: the old contents
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def _recover(target: Path) -> None:
+    """Put back a directory that a killed `atomic_dir` moved aside without an exchange."""
+    if not target.exists() and _aside(target).is_dir():
+        os.replace(_aside(target), target)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system or the
+    filesystem cannot, and the caller falls back to two renames."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -23,25 +23,26 @@ ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ c
         "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues", "distilled": "all (the configured student)"}
 
 
-def _prerequisites(cfg: Config, force: bool) -> None:
+def _prerequisites(cfg: Config, force: bool, resume: bool) -> None:
     """Data, teacher, the baseline students (a top-K cache's first stage) and the score caches."""
     stage_data(cfg, force)
-    stage_teacher_fit(cfg, force)
+    stage_teacher_fit(cfg, force, resume)
     for seed in cfg.experiment.seeds:
-        stage_distill(cfg, "baseline", seed, force)
+        stage_distill(cfg, "baseline", seed, force, resume)
     if uses_teacher(cfg.student.losses):
         stage_teacher_score(cfg, "train", force)
     if cfg.scores.top_k > 0:
         stage_teacher_topk(cfg, "train", force)
 
 
-def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, force: bool = False,
+                 resume: bool = False) -> dict[str, Any]:
     """Train and evaluate every variant (whose component the config turns on) for every seed."""
     variants = variants or list(ROWS)
     unknown = [v for v in variants if v not in STUDENT_VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variant(s) {unknown} (expected some of {list(ROWS)})")
-    _prerequisites(cfg, force)
+    _prerequisites(cfg, force, resume)
     paths, device = RunPaths(cfg.run_dir), resolve_device(cfg.device)
     split = load_split(cfg, cfg.eval.split)
     rows, skipped = [], []
@@ -53,7 +54,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
             continue
         per_seed = []
         for seed in cfg.experiment.seeds:
-            directory = stage_distill(cfg, variant, seed, force)
+            directory = stage_distill(cfg, variant, seed, force, resume)
             model = load_model(directory, device)
             sims = student_sims(model, split, model.image_tower.preprocess(), cfg.eval.batch_size, device, False,
                                 frozen_for(model, split, paths.features, cfg.eval.batch_size, device))

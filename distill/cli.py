@@ -47,6 +47,19 @@ def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) 
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set teacher.train.epochs=3 (repeatable)")
     p.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
+    _add_resume(p)
+    _add_skip_bad(p)
+
+
+def _add_skip_bad(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave bad images (unreadable, missing, too few captions...) out instead of stopping, and "
+                        "list them in <run-dir>/bad_data.json (= --set data.skip_bad=true)")
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue interrupted trainings from their latest valid checkpoint (same result as uninterrupted)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--force", action="store_true")
+    _add_resume(demo)
+    _add_skip_bad(demo)
     return ap
 
 
@@ -98,6 +113,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if path is None and args.command != "demo" and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
         path = Path(args.run_dir) / "config.yaml"
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
+    overrides += ["data.skip_bad=true"] if args.skip_bad else []
     return load_config(path, overrides)
 
 
@@ -115,13 +131,13 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         return
     cfg = resolve_config(args)
     if args.command in ("run", "demo"):
-        run_pipeline(cfg, command_line, args.force)
+        run_pipeline(cfg, command_line, args.force, args.resume)
         return
     save_config(cfg, Path(cfg.run_dir) / "config.yaml")
     if args.command == "data":
         stages.stage_data(cfg, args.force)
     elif args.command == "teacher" and args.teacher_command == "fit":
-        stages.stage_teacher_fit(cfg, args.force)
+        stages.stage_teacher_fit(cfg, args.force, args.resume)
     elif args.command == "teacher" and args.cache == "top-k":
         stages.stage_teacher_topk(cfg, args.split, args.force)
     elif args.command == "teacher":
@@ -129,11 +145,11 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
     elif args.command == "distill":
         from distill.student_stage import stage_distill
 
-        stage_distill(cfg, args.variant, args.seed, args.force)
+        stage_distill(cfg, args.variant, args.seed, args.force, args.resume)
     elif args.command == "ablate":
         from distill.ablation import stage_ablate
 
-        stage_ablate(cfg, command_line, args.variants, args.force)
+        stage_ablate(cfg, command_line, args.variants, args.force, args.resume)
         report = Path(cfg.run_dir, "report.json")
         if report.is_file():  # the run's report gains the table; it keeps the command that made the rest
             stages.stage_report(cfg.run_dir, json.loads(report.read_text(encoding="utf-8"))["command"])

@@ -5,8 +5,8 @@ so that the losses see the global batch, ask the objective for its named terms (
 scores, the queues, the bank and the cached lists of the `StepContext`), stop on a non-finite loss
 naming the term, average the gradients over the ranks, step AdamW under a warm-up + cosine
 schedule, update the momentum encoder, queues and bank, log every term. Per epoch: optional
-validation, a checkpoint (weights, objective, optimiser and scheduler state), and pruning of old
-checkpoints. The selected epoch's weights become `model.safetensors`. Under torchrun every rank
+validation, a checkpoint (see distill.checkpoints: everything an exact resume needs), and pruning
+of old checkpoints. The selected epoch's weights become `model.safetensors`. Under torchrun every rank
 holds the same weights; rank 0 alone validates and writes.
 """
 from __future__ import annotations
@@ -17,23 +17,23 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from core.checkpoint import save_torch_state, save_weights
 from core.config import TrainConfig
 from core.data.images import ImagePreprocess
-from core.data.loading import Batch, pair_loader
+from core.data.loading import Batch, lexical_rng, pair_loader
 from core.data.records import CaptionSplit
 from core.distributed import Ranks, average_gradients, gather_rows
-from core.io import write_json
+from core.io import atomic_path, write_json, write_text
 from core.progress import progress as bar
-from core.seeding import seed_everything
+from core.seeding import restore_rng, rng_state, seed_everything
 from core.towers.frozen import NOT_FROZEN, Frozen
+from distill import checkpoints
 from distill.memory import Memory
 from distill.terms import Objective, StepContext
 
@@ -87,13 +87,15 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
         settings: TrainConfig, out_dir: str | Path, seed: int, device: torch.device,
         lr_scales: dict[str, float] | None = None, context: StepContext | None = None, memory: Memory | None = None,
         evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True,
-        frozen: Frozen = NOT_FROZEN, ranks: Ranks = Ranks()) -> FitResult:
+        frozen: Frozen = NOT_FROZEN, ranks: Ranks = Ranks(), identity: str = "", resume: bool = False) -> FitResult:
     """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`.
 
     `context` carries what the loss terms read besides the batch (teacher scores, cached lists, the
     bank), `memory` the momentum encoder, queues and bank it keeps up to date. `frozen` holds cached
     outputs of frozen towers for `train_split` (see core.towers.frozen): their inputs are then
     neither loaded nor run through the tower. `settings.batch_size` is the global batch over `ranks`.
+    `identity` names the run (the stage key's hash); with `resume`, training continues from the
+    latest valid checkpoint of that identity and ends as the run left alone would have.
     """
     out_dir = Path(out_dir)
     context = context or StepContext()
@@ -112,36 +114,100 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
     optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, settings.epochs * len(loader)))
     step = _Step(model, objective, optimizer, scheduler, settings, device, frozen, context, memory, ranks)
+    parts = checkpoints.Trainables(model, objective, optimizer, scheduler, memory)
+    progress_state = _Progress(identity)
+    root = out_dir / "checkpoints"
+    found = checkpoints.latest(root, identity) if resume and root.is_dir() else None
+    if found:
+        progress_state = _resume(found, parts, generator, loader, out_dir / "train_log.jsonl", ranks)
+        log.info("%s: resuming after epoch %d from %s", desc, progress_state.epoch, found[0])
+    elif root.is_dir() and ranks.is_main:
+        log.info("%s: starting over, replacing the checkpoints in %s%s", desc, root,
+                 "" if resume else " (--resume continues from the latest instead)")
+        shutil.rmtree(root)
+    ranks.barrier()
     out_dir.mkdir(parents=True, exist_ok=True)
-    history: list[dict] = []
-    best_epoch, best_rsum = settings.epochs, -math.inf
-    with (open(out_dir / "train_log.jsonl", "w", encoding="utf-8") if ranks.is_main else contextlib.nullcontext()) as log_file:
-        for epoch in range(1, settings.epochs + 1):
+    with _log_file(out_dir / "train_log.jsonl", progress_state.epoch > 0, ranks) as log_file:
+        for epoch in range(progress_state.epoch + 1, settings.epochs + 1):
             started = time.perf_counter()
             losses = _train_epoch(step, loader, epoch, log_file, f"{desc} epoch {epoch}/{settings.epochs}",
-                                  progress and ranks.is_main, out_dir / "checkpoints")
+                                  progress and ranks.is_main, root)
             record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
                       "loss": losses}
+            progress_state.epoch = epoch
             if not ranks.is_main:
                 continue
             if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
                 record["val"] = evaluate(model)
-                if settings.select == "best_val" and record["val"]["rsum"] > best_rsum:
-                    best_rsum, best_epoch = record["val"]["rsum"], epoch
-            history.append(record)
+                progress_state.select(settings, record)
+            progress_state.history.append(record)
             log_file.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
             log_file.flush()
             _log_epoch(desc, settings.epochs, record)
-            _save_epoch(out_dir / "checkpoints" / f"epoch_{epoch:03d}", model, objective, optimizer, scheduler, record)
-            _prune(out_dir / "checkpoints", keep={epoch, best_epoch}, keep_last=settings.keep_checkpoints)
-    if settings.select == "last":
-        best_epoch = settings.epochs
+            state = {**asdict(progress_state), "rng": rng_state(generator), "lexical": _lexical_state(loader)}
+            checkpoints.save(root / f"epoch_{epoch:03d}", parts, state)
+            checkpoints.prune(root, keep={epoch, progress_state.best_epoch}, keep_last=settings.keep_checkpoints)
+    best_epoch = settings.epochs if settings.select == "last" else progress_state.best_epoch or settings.epochs
     weights = out_dir / "model.safetensors"
     if ranks.is_main:
-        shutil.copyfile(out_dir / "checkpoints" / f"epoch_{best_epoch:03d}" / "model.safetensors", weights)
-        write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select, "history": history})
+        with atomic_path(weights) as tmp:
+            shutil.copyfile(root / f"epoch_{best_epoch:03d}" / "model.safetensors", tmp)
+        write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select,
+                                               "history": progress_state.history})
     ranks.barrier()
-    return FitResult(weights, best_epoch, history)
+    return FitResult(weights, best_epoch, progress_state.history)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: what a checkpoint's state.json records besides the generators."""
+
+    identity: str
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # 0: no validated epoch yet
+    best_rsum: float | None = None
+
+    def select(self, settings: TrainConfig, record: dict) -> None:
+        if settings.select == "best_val" and (self.best_rsum is None or record["val"]["rsum"] > self.best_rsum):
+            self.best_rsum, self.best_epoch = record["val"]["rsum"], record["epoch"]
+
+
+def _lexical_state(loader) -> dict | None:
+    rng = lexical_rng(loader)
+    return None if rng is None else rng.bit_generator.state
+
+
+def _resume(found: tuple[Path, dict], parts: checkpoints.Trainables, generator: torch.Generator, loader,
+            log_path: Path, ranks: Ranks) -> _Progress:
+    """Restore a checkpoint, its generators and the data order; cut the step log back to its epoch."""
+    path, state = found
+    checkpoints.restore(path, parts)
+    restore_rng(state["rng"], generator)
+    if state["lexical"] is not None:
+        lexical_rng(loader).bit_generator.state = state["lexical"]
+    progress_state = _Progress(state["identity"], state["epoch"], state["history"], state["best_epoch"], state["best_rsum"])
+    if ranks.is_main and log_path.is_file():
+        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if _log_epoch_of(line) <= progress_state.epoch]
+        write_text(log_path, "".join(kept))
+    return progress_state
+
+
+def _log_epoch_of(line: str) -> float:
+    """The epoch a train_log.jsonl line belongs to (a torn last line belongs to none that is kept)."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    return entry.get("epoch_end", entry.get("epoch", math.inf))
+
+
+def _log_file(path: Path, append: bool, ranks: Ranks):
+    """The step log, opened on rank 0 only (appended to when resuming)."""
+    if not ranks.is_main:
+        return contextlib.nullcontext()
+    return open(path, "a" if append else "w", encoding="utf-8")
 
 
 @dataclass
@@ -159,7 +225,7 @@ class _Step:
     memory: Memory | None
     ranks: Ranks
 
-    def __call__(self, batch: Batch, desc: str, epoch: int, checkpoints: Path) -> dict[str, float]:
+    def __call__(self, batch: Batch, desc: str, epoch: int, checkpoint_dir: Path) -> dict[str, float]:
         if self.frozen[0] is not None:
             batch.image_features = self.frozen[0].take(batch.image_index)
         if self.frozen[1] is not None:
@@ -167,7 +233,7 @@ class _Step:
         batch = batch.to(self.device)
         with autocast(self.device, self.settings.bf16):
             out = _gathered(self.model(batch), self.ranks)
-            keys = _gathered(self.memory.keys(batch, out), self.ranks) if self.memory else None
+            keys = _gathered(self.memory.keys(batch, out, self.model.training), self.ranks) if self.memory else None
             whole = Batch(image_index=gather_rows(batch.image_index, self.ranks),
                           caption_index=gather_rows(batch.caption_index, self.ranks))
             ctx = self.context if self.memory is None else replace(self.context, queued=self.memory.queued(),
@@ -176,7 +242,7 @@ class _Step:
         if not torch.isfinite(total):
             bad = [n for n, v in parts.items() if not math.isfinite(v)] or ["total"]
             raise FloatingPointError(f"{desc}: non-finite loss in term(s) {bad} at epoch {epoch}, step "
-                                     f"{self.scheduler.last_epoch}; last good checkpoint: {checkpoints}")
+                                     f"{self.scheduler.last_epoch}; last good checkpoint: {checkpoint_dir}")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -202,14 +268,14 @@ def _gathered(out: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Ten
 
 
 def _train_epoch(step: _Step, loader, epoch: int, log_file, desc: str, progress: bool,
-                 checkpoints: Path) -> dict[str, float]:
+                 checkpoint_dir: Path) -> dict[str, float]:
     """One pass over the loader; returns the epoch's mean of every loss term (and the total)."""
     step.objective.set_epoch(epoch)
     step.model.train()
     sums: dict[str, float] = {}
     steps = bar(loader, desc, progress)
     for batch in steps:
-        parts = step(batch, desc, epoch, checkpoints)
+        parts = step(batch, desc, epoch, checkpoint_dir)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v
         if log_file is not None:
@@ -224,20 +290,3 @@ def _log_epoch(desc: str, epochs: int, record: dict) -> None:
     val = f", val rsum {record['val']['rsum']:.1f}" if "val" in record else ""
     log.info("%s epoch %d/%d: loss %.3f (%s)%s, %.0f s", desc, record["epoch"], epochs, record["loss"]["total"],
              terms, val, record["seconds"])
-
-
-def _save_epoch(path: Path, model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
-                scheduler, record: dict) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    save_weights(model, path / "model.safetensors")
-    save_weights(objective, path / "objective.safetensors")
-    save_torch_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optimizer.pt")
-    write_json(path / "state.json", record)
-
-
-def _prune(root: Path, keep: set[int], keep_last: int) -> None:
-    epochs = sorted(int(p.name.split("_")[1]) for p in root.glob("epoch_*"))
-    keep = keep | set(epochs[-keep_last:] if keep_last > 0 else [])
-    for epoch in epochs:
-        if epoch not in keep:
-            shutil.rmtree(root / f"epoch_{epoch:03d}")

@@ -33,6 +33,15 @@ class FifoQueue:
         self.head = (self.head + n) % self.size
         self.count = min(self.size, self.count + n)
 
+    def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}vectors": self.vectors, f"{prefix}ids": self.ids,
+                f"{prefix}position": torch.tensor([self.head, self.count])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        self.vectors.copy_(state[f"{prefix}vectors"])
+        self.ids.copy_(state[f"{prefix}ids"])
+        self.head, self.count = (int(x) for x in state[f"{prefix}position"])
+
     def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(vectors, ids) of the rows held, oldest first."""
         order = (self.head - self.count + torch.arange(self.count, device=self.vectors.device)) % self.size
@@ -60,6 +69,11 @@ class PairQueues:
         self.images, self.captions = FifoQueue(size, dim, 2, device), FifoQueue(size, dim, 2, device)
         self.img_tokens = FifoQueue(token_size, dim, 1, device) if token_size else None
         self.txt_tokens = FifoQueue(token_size, dim, 1, device) if token_size else None
+
+    def fifos(self) -> dict[str, FifoQueue]:
+        named = {"images": self.images, "captions": self.captions, "img_tokens": self.img_tokens,
+                 "txt_tokens": self.txt_tokens}
+        return {name: q for name, q in named.items() if q is not None}
 
     def view(self) -> Queued:
         img, ids = self.images.contents()
@@ -92,10 +106,13 @@ class MomentumEncoder:
                 p.requires_grad_(False)
 
     @torch.no_grad()
-    def keys(self, batch, online: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The momentum model's outputs for `batch` (the online outputs, detached, at coefficient 0)."""
+    def keys(self, batch, online: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        """The momentum model's outputs for `batch` (the online outputs, detached, at coefficient 0),
+        run in the online model's mode (`training`): dropout draws then do not depend on the mode the
+        copy happened to be made in, so a resumed run draws what the uninterrupted one drew."""
         if self.model is None:
             return {k: v.detach() for k, v in online.items()}
+        self.model.train(training)
         return self.model(batch)
 
     @torch.no_grad()
@@ -107,7 +124,6 @@ class MomentumEncoder:
                 p_m.mul_(self.coefficient).add_(p.detach(), alpha=1 - self.coefficient)
         for b_m, b in zip(self.model.buffers(), model.buffers()):
             b_m.copy_(b)
-        self.model.train(model.training)
 
 
 class EmbeddingBank:
@@ -128,8 +144,33 @@ class Memory:
     def __init__(self, momentum: MomentumEncoder, queues: PairQueues | None, bank: EmbeddingBank | None):
         self.momentum, self.queues, self.bank = momentum, queues, bank
 
-    def keys(self, batch, online: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.momentum.keys(batch, online)
+    def keys(self, batch, online: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        return self.momentum.keys(batch, online, training)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the memory has accumulated (momentum weights, queues, bank), for an exact resume."""
+        state = {}
+        if self.momentum.model is not None:
+            state.update({f"momentum.{k}": v for k, v in self.momentum.model.state_dict().items()})
+        for name, queue in (self.queues.fifos() if self.queues is not None else {}).items():
+            state.update(queue.state_dict(f"queues.{name}."))
+        if self.bank is not None:
+            state.update({"bank.images": self.bank.images, "bank.captions": self.bank.captions})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a `state_dict()` of a memory built the same way; a key set that differs is refused."""
+        missing = sorted(set(self.state_dict()) ^ set(state))
+        if missing:
+            raise KeyError(f"memory state does not fit this run (keys differ: {missing[:3]})")
+        if self.momentum.model is not None:
+            prefix = "momentum."
+            self.momentum.model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        for name, queue in (self.queues.fifos() if self.queues is not None else {}).items():
+            queue.load_state_dict(state, f"queues.{name}.")
+        if self.bank is not None:
+            self.bank.images.copy_(state["bank.images"])
+            self.bank.captions.copy_(state["bank.captions"])
 
     def queued(self) -> Queued | None:
         return self.queues.view() if self.queues is not None else None

@@ -16,9 +16,10 @@ from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
 from core.data.records import CaptionSplit
 from core.data.synthetic import JSON_NAME, generate
+from core.data.validate import CheckCache
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
-from core.io import read_json, sha256_file, write_json
+from core.io import read_json, sha256_file, sha256_json, write_json
 from core.schema import to_dict
 from core.ranking import top_k_ids
 from core.seeding import seed_everything
@@ -51,19 +52,29 @@ def _synthetic_dir(cfg: Config) -> Path:
 
 
 def load_split(cfg: Config, which: str) -> CaptionSplit:
-    """Our split `which` (train/val/test) of the configured dataset, with the configured limit."""
-    data = cfg.data
-    names = getattr(data.splits, which)
+    """Our split `which` (train/val/test) of the configured dataset, with the configured limit.
+
+    Every image is decoded (feature files checked for NaN/Inf) before any stage uses the split; the
+    results are cached in the run directory, so only the first stage pays for the check.
+    """
+    data, paths = cfg.data, RunPaths(cfg.run_dir)
+    names, limit = getattr(data.splits, which), getattr(data, f"limit_{which}")
+    checks = CheckCache(paths.file_checks)
     if data.format == "precomputed":
-        split = read_precomputed(data.path, names, which, data.captions_per_image)
+        split = read_precomputed(data.path, names, which, data.captions_per_image, checks)
     elif data.format == "karpathy":
-        split = read_karpathy(data.path, data.image_root, names, which, data.captions_per_image)
+        split = read_karpathy(data.path, data.image_root, names, which, data.captions_per_image, data.skip_bad,
+                              limit, checks)
     else:
         root = _synthetic_dir(cfg)
         if not (root / JSON_NAME).is_file():
             raise FileNotFoundError(f"{root / JSON_NAME}: synthetic dataset not generated yet; run `itr-distill data` first")
-        split = read_karpathy(root / JSON_NAME, root / "images", [which], which, data.captions_per_image)
-    return split.head(getattr(data, f"limit_{which}"))
+        split = read_karpathy(root / JSON_NAME, root / "images", [which], which, data.captions_per_image,
+                              data.skip_bad, limit, checks)
+    if split.skipped:
+        log.warning("%s: left out %d bad image entries of %s (data.skip_bad); the data stage lists them in %s",
+                    which, len(split.skipped), split.source, paths.bad_data)
+    return split.head(limit)
 
 
 def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
@@ -79,20 +90,24 @@ def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
             s = cfg.data.synthetic
             generate(root, s.n_train, s.n_val, s.n_test, s.image_size, s.family_size, s.min_objects, s.max_objects, s.seed)
             stamp(root, spec)
-    summary = {}
+    summary, bad = {}, {}
     for which in ("train", "val", "test"):
         split = load_split(cfg, which)
         summary[which] = {"images": split.n_images, "captions": split.n_captions, "source": split.source,
-                          "fingerprint": split.fingerprint()}
+                          "fingerprint": split.fingerprint(), "skipped": len(split.skipped)}
+        bad[which] = {"source": split.source, "count": len(split.skipped),
+                      "entries": [dataclasses.asdict(b) for b in split.skipped]}
         log.info("%s: %d images, %d captions (%s)", which, split.n_images, split.n_captions, split.source)
     write_json(paths.data_summary, summary)
+    write_json(paths.bad_data, {"skip_bad": cfg.data.skip_bad, "splits": bad})
     return summary
 
 
 # ---------------------------------------------------------------- teacher
 
-def stage_teacher_fit(cfg: Config, force: bool = False) -> Path:
-    """Fit the teacher with the VSE++ hinge; keeps the best validation epoch."""
+def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) -> Path:
+    """Fit the teacher with the VSE++ hinge; keeps the best validation epoch. `resume` continues an
+    interrupted fit from its latest checkpoint."""
     paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = {"data": train.fingerprint(), "teacher": to_dict(cfg.teacher), "seed": cfg.seed}
@@ -110,7 +125,8 @@ def stage_teacher_fit(cfg: Config, force: bool = False) -> Path:
     evaluate = lambda m: metrics_for(teacher_sims(m, val, pre, bs, device, False, frozen_val), val)
     result = fit(teacher, teacher_objective(cfg.teacher), train, pre, cfg.teacher.train, out, cfg.seed, device,
                  lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale, "text_tower": cfg.teacher.text_tower.lr_scale},
-                 evaluate=evaluate, desc="teacher", frozen=frozen_for(teacher, train, paths.features, bs, device))
+                 evaluate=evaluate, desc="teacher", frozen=frozen_for(teacher, train, paths.features, bs, device),
+                 identity=sha256_json(key), resume=resume)
     log.info("teacher: epoch %d selected, val rsum %.1f", result.selected_epoch, result.selected_metrics.get("rsum", float("nan")))
     stamp(out, key)
     return out

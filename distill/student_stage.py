@@ -19,7 +19,7 @@ from core.config import STUDENT_COMPONENTS, STUDENT_VARIANTS, Config, StudentCon
 from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
-from core.io import sha256_file
+from core.io import sha256_file, sha256_json
 from core.schema import to_dict
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
@@ -120,9 +120,11 @@ def _frozen_shared(student: torch.nn.Module, split: CaptionSplit, root: Path, ba
     return frozen if frozen is not None else frozen_for(student, split, root, batch_size, device)
 
 
-def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = None, force: bool = False) -> Path:
+def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = None, force: bool = False,
+                  resume: bool = False) -> Path:
     """Train one student (a variant and a seed); reads the teacher's caches its terms need. Under
-    torchrun each rank trains on its slice of every global batch and rank 0 writes the student."""
+    torchrun each rank trains on its slice of every global batch and rank 0 writes the student.
+    `resume` continues an interrupted training from its latest checkpoint."""
     seed = cfg.seed if seed is None else seed
     paths = RunPaths(cfg.run_dir)
     out = paths.student(variant, seed)
@@ -151,7 +153,8 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
                  lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
                  context=context, memory=_memory(student_cfg, student, train, frozen, bs, device),
-                 evaluate=evaluate, desc=f"student {out.name}", frozen=frozen, ranks=ranks)
+                 evaluate=evaluate, desc=f"student {out.name}", frozen=frozen, ranks=ranks,
+                 identity=sha256_json(key), resume=resume)
     if ranks.is_main:
         log.info("student %s: epoch %d selected, val rsum %.1f", out.name, result.selected_epoch,
                  result.selected_metrics.get("rsum", float("nan")))

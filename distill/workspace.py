@@ -3,6 +3,8 @@
   <run_dir>/config.yaml                    the resolved config of the last command
   <run_dir>/data/                          generated dataset (synthetic format only)
   <run_dir>/data.json                      split sizes and fingerprints
+  <run_dir>/bad_data.json                  bad entries of each split that data.skip_bad left out, with the reasons
+  <run_dir>/file_checks.json               cached results of the image decode / feature finiteness checks
   <run_dir>/text_models/scratch-<hash>/    text models trained from scratch (sentence-transformers dirs)
   <run_dir>/features/<key>/                cached outputs of frozen towers (tokens.npy, mask.npy, pooled.npy)
   <run_dir>/teacher/                       model.json, model.safetensors, training.json, train_log.jsonl, checkpoints/
@@ -50,6 +52,8 @@ class RunPaths:
     config = property(lambda self: self.root / "config.yaml")
     data = property(lambda self: self.root / "data")
     data_summary = property(lambda self: self.root / "data.json")
+    bad_data = property(lambda self: self.root / "bad_data.json")
+    file_checks = property(lambda self: self.root / "file_checks.json")
     text_models = property(lambda self: self.root / "text_models")
     teacher = property(lambda self: self.root / "teacher")
     export = property(lambda self: self.root / "export")

@@ -14,7 +14,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from core.io import atomic_path  # noqa: E402
 from core.machine import describe  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    """Write the figure as PNG atomically (a killed report keeps the previous figure) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 def _footnote(fig, text: str) -> None:
@@ -42,8 +50,7 @@ def accuracy_vs_latency(summary: dict[str, Any], path: str | Path) -> Path | Non
     ax.grid(True, which="both", alpha=0.3)
     _footnote(fig, f"Measured on {describe(summary['machine'])}" if summary.get("machine") else "machine unknown")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return Path(path)
 
 
@@ -71,6 +78,5 @@ def latency_vs_gallery(scaling: dict[str, Any], machine: dict[str, Any], path: s
     ax.legend(fontsize=7)
     _footnote(fig, f"Measured on {describe(machine)}; hollow dashed points extrapolated from a + b·N fitted to the measured ones.")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return Path(path)

@@ -5,6 +5,7 @@ model sees exactly the pixels it was trained on. The parameters travel in the ex
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,15 +14,48 @@ import numpy as np
 from PIL import Image
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# 16-bit grey; mode I (32-bit integers, how older Pillow read 16-bit PNGs) is taken as 16-bit too
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_WHITE = (255, 255, 255, 255)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, naming the file when it cannot be decoded."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL decodes.
+
+    PIL's convert('RGB') clips 16-bit grey to white and drops transparency, which shows whatever
+    colour the file keeps under transparent pixels; here grey is rescaled from 16 to 8 bits and
+    transparent pixels are composited over white.
+    """
+    if image.mode in _WIDE_GREY:
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257  # 65535 -> 255
+        return Image.fromarray(np.round(grey).astype(np.uint8), "L").convert("RGB")
+    if image.has_transparency_data:
+        return Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB; a missing, unreadable, truncated or oversized file raises an error
+    naming it and the problem.
+
+    `draft` lets a JPEG decode at a reduced scale no smaller than that size, which is faster and
+    still reads every byte, so truncation is still caught (the pre-training check uses it).
+    Images over PIL's `Image.MAX_IMAGE_PIXELS` are refused (PIL itself only warns up to twice it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if draft is not None:
+                    img.draft("RGB", draft)
+                img.load()
+                return to_rgb(img)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: image too large ({exc})") from exc
+    except Exception as exc:  # PIL's plugins raise many types on corrupt bytes (OSError, SyntaxError, struct.error...)
         raise ValueError(f"{path}: cannot read image ({exc})") from exc
 
 
@@ -37,7 +71,7 @@ class ImagePreprocess:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Return a float32 array (3, size, size)."""
-        image = image.convert("RGB")
+        image = to_rgb(image)
         w, h = image.size
         scale = self.resize / min(w, h)
         new_w, new_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))

@@ -144,6 +144,14 @@ def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokeniz
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
 
 
+def lexical_rng(loader: DataLoader) -> np.random.Generator | None:
+    """The NumPy generator that orders a lexical loader's epochs; None for random batching, whose
+    order comes from the torch generator given to `pair_loader`. A resumed run restores it."""
+    sampler = loader.batch_sampler
+    sampler = sampler.batches if isinstance(sampler, ShardedBatches) else sampler
+    return sampler.rng if isinstance(sampler, LexicalBatches) else None
+
+
 class ShardedBatches:
     """Rank r of w takes the r-th contiguous slice of every global batch, so that the ranks' slices,
     gathered in rank order, are the global batch a single process would see."""

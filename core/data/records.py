@@ -10,6 +10,15 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class BadEntry:
+    """An image (with its captions) that a reader left out with `skip_bad`, and why."""
+
+    index: int  # position in the source: `images[index]` of a Karpathy JSON
+    filename: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CaptionSplit:
     """Images (files or precomputed region features) with exactly `captions_per_image` captions each.
 
@@ -22,6 +31,7 @@ class CaptionSplit:
     captions_per_image: int
     image_paths: tuple[Path, ...] | None = None
     features: np.ndarray | None = None  # (n_images, regions, dim), possibly memory-mapped
+    skipped: tuple[BadEntry, ...] = ()  # bad entries left out (`skip_bad`): reported, never silent
 
     def __post_init__(self) -> None:
         if (self.image_paths is None) == (self.features is None):
@@ -57,6 +67,7 @@ class CaptionSplit:
             captions_per_image=k,
             image_paths=None if self.image_paths is None else self.image_paths[:n_images],
             features=None if self.features is None else self.features[:n_images],
+            skipped=self.skipped,
         )
 
     def fingerprint(self) -> str:

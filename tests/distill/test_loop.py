@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import LossesConfig, TrainConfig
+from distill import checkpoints
 from distill.loop import fit
 from distill.terms import LossTerm, Objective, student_objective
 from tests.conftest import build_tiny
@@ -48,19 +49,29 @@ def test_same_seed_same_weights(text_model_dir, splits, tmp_path):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-class Exploding(LossTerm):
+class ExplodingIn(LossTerm):
+    """NaN from epoch `epoch` on."""
     name = "exploding"
 
+    def __init__(self, epoch: int):
+        super().__init__(1.0)
+        self.explode_at, self.epoch = epoch, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def forward(self, out, batch, ctx):
-        return out["sims"].sum() * float("nan")
+        return out["sims"].mean() * (float("nan") if self.epoch >= self.explode_at else 1.0)
 
 
-def test_non_finite_loss_stops_naming_the_term(tiny_student, splits, tmp_path):
-    settings = TrainConfig(epochs=1, batch_size=8, eval_every=0, select="last")
-    with pytest.raises(FloatingPointError, match=r"\['exploding'\] at epoch 1, step 0"):
-        fit(tiny_student, Objective([Exploding(1.0)]), splits["train"], tiny_student.image_tower.preprocess(),
-            settings, tmp_path, 0, torch.device("cpu"), progress=False)
+def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tiny_student, splits, tmp_path):
+    settings = TrainConfig(epochs=3, batch_size=8, eval_every=0, select="last")
+    with pytest.raises(FloatingPointError, match=r"\['exploding'\] at epoch 2, step \d+; last good checkpoint: .*checkpoints"):
+        fit(tiny_student, Objective([ExplodingIn(2)]), splits["train"], tiny_student.image_tower.preprocess(),
+            settings, tmp_path, 0, torch.device("cpu"), progress=False, identity="run")
     assert not (tmp_path / "model.safetensors").exists()
+    path, state = checkpoints.latest(tmp_path / "checkpoints", "run")
+    assert path.name == "epoch_001" and state["epoch"] == 1  # complete, its hashes intact
 
 
 def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):

@@ -45,7 +45,7 @@ def test_momentum_encoder_averages_trainable_weights_and_leaves_frozen_ones():
 
 def test_coefficient_zero_queues_the_online_outputs_detached():
     online = {"img_emb": torch.ones(1, 2, requires_grad=True) * 2}
-    keys = MomentumEncoder(nn.Linear(1, 1), 0.0).keys(None, online)
+    keys = MomentumEncoder(nn.Linear(1, 1), 0.0).keys(None, online, True)
     assert not keys["img_emb"].requires_grad and torch.equal(keys["img_emb"], online["img_emb"].detach())
 
 
@@ -54,3 +54,12 @@ def test_bank_rows_are_replaced_by_the_batch():
     bank.push({"img_emb": torch.ones(1, 2), "txt_emb": torch.full((1, 2), 2.0)}, torch.tensor([1]), torch.tensor([4]))
     assert bank.images[1].tolist() == [1.0, 1.0] and bank.images[0].tolist() == [0.0, 0.0]
     assert bank.captions[4].tolist() == [2.0, 2.0]
+
+
+def test_the_momentum_copy_runs_in_the_online_models_mode_whatever_mode_it_was_copied_in():
+    online = nn.Sequential(nn.Dropout(0.5), nn.Identity()).eval()
+    momentum = MomentumEncoder(online, 0.9)
+    torch.manual_seed(0)
+    trained = momentum.keys(torch.ones(1000), {}, training=True)
+    assert (trained == 0).any()  # dropout on, though the copy was made in eval mode
+    assert torch.equal(momentum.keys(torch.ones(1000), {}, training=False), torch.ones(1000))

@@ -91,3 +91,45 @@ def test_ranks_match_brute_force(n_img, seed):
         assert i2t[i] == min(int((sims[i] > sims[i, j]).sum()) for j in range(i * k, (i + 1) * k))
     for j in range(n_img * k):
         assert t2i[j] == int((sims[:, j] > sims[j // k, j]).sum())
+
+
+@st.composite
+def sims_matrix(draw) -> tuple[np.ndarray, int]:
+    """Scores of n images against their k captions each, ties included (rounded)."""
+    n_img, k, seed = draw(st.integers(1, 12)), draw(st.integers(1, 5)), draw(st.integers(0, 10_000))
+    return np.round(np.random.default_rng(seed).normal(size=(n_img, n_img * k)), 1), k
+
+
+@settings(max_examples=60, deadline=None)
+@given(sims_matrix(), st.integers(0, 10_000))
+def test_permuting_images_with_their_captions_changes_nothing(sk, seed):
+    sims, k = sk
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(sims.shape[0])  # images, each taking its block of captions along
+    within = rng.permuted(np.tile(np.arange(k), (len(order), 1)), axis=1)  # captions shuffled inside each block
+    columns = (order[:, None] * k + within).ravel()
+    assert retrieval_metrics(sims[order][:, columns], k) == retrieval_metrics(sims, k)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sims_matrix(), st.floats(-1e3, 1e3))
+def test_metrics_are_bounded_ordered_and_shift_invariant(sk, shift):
+    sims, k = sk
+    m = retrieval_metrics(sims, k)
+    n_img = sims.shape[0]
+    for d, n_candidates in (("i2t", n_img * k), ("t2i", n_img)):
+        assert 0 <= m[f"{d}_r1"] <= m[f"{d}_r5"] <= m[f"{d}_r10"] <= 100
+        assert 1 <= m[f"{d}_medr"] <= n_candidates and 1 <= m[f"{d}_meanr"] <= n_candidates
+    assert m["rsum"] == pytest.approx(sum(m[f"{d}_r{r}"] for d in ("i2t", "t2i") for r in (1, 5, 10)))
+    assert retrieval_metrics(np.round(sims * 10) + np.round(shift), k) == m  # integer scores: the shift is exact
+
+
+@settings(max_examples=60, deadline=None)
+@given(sims_matrix())
+def test_strictly_best_matches_score_100(sk):
+    sims, k = sk
+    n_img = sims.shape[0]
+    lifted = sims + 100 * (np.arange(n_img)[:, None] == np.arange(n_img * k)[None, :] // k)
+    m = retrieval_metrics(lifted, k)
+    assert all(m[f"{d}_r{r}"] == 100.0 for d in ("i2t", "t2i") for r in (1, 5, 10))
+    assert m["i2t_medr"] == m["t2i_medr"] == m["i2t_meanr"] == m["t2i_meanr"] == 1.0
