@@ -29,6 +29,14 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def all_objects(self, obj: object) -> list:
+        """Every rank's `obj` (picklable), in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def mine(self, items: list) -> list:
         """This rank's share of `items` (round robin, so shares differ by at most one)."""
         return items[self.rank::self.world]

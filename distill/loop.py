@@ -135,16 +135,17 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
             record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
                       "loss": losses}
             progress_state.epoch = epoch
-            if not ranks.is_main:
-                continue
-            if evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
+            if ranks.is_main and evaluate is not None and settings.eval_every and epoch % settings.eval_every == 0:
                 record["val"] = evaluate(model)
                 progress_state.select(settings, record)
+            generators = ranks.all_objects(rng_state(generator))  # each rank its own: rank 0 also validated
+            if not ranks.is_main:
+                continue
             progress_state.history.append(record)
             log_file.write(json.dumps({"epoch_end": epoch, **record}) + "\n")
             log_file.flush()
             _log_epoch(desc, settings.epochs, record)
-            state = {**asdict(progress_state), "rng": rng_state(generator), "lexical": _lexical_state(loader)}
+            state = {**asdict(progress_state), "rng": generators, "lexical": _lexical_state(loader)}
             checkpoints.save(root / f"epoch_{epoch:03d}", parts, state)
             checkpoints.prune(root, keep={epoch, progress_state.best_epoch}, keep_last=settings.keep_checkpoints)
     best_epoch = settings.epochs if settings.select == "last" else progress_state.best_epoch or settings.epochs
@@ -183,7 +184,12 @@ def _resume(found: tuple[Path, dict], parts: checkpoints.Trainables, generator: 
     """Restore a checkpoint, its generators and the data order; cut the step log back to its epoch."""
     path, state = found
     checkpoints.restore(path, parts)
-    restore_rng(state["rng"], generator)
+    generators = state["rng"]
+    if len(generators) != ranks.world:
+        log.warning("%s was written by %d torchrun process(es), this run has %d: every rank takes rank 0's "
+                    "random generators, so dropout draws differ from the uninterrupted run", path, len(generators),
+                    ranks.world)
+    restore_rng(generators[ranks.rank if len(generators) == ranks.world else 0], generator)
     if state["lexical"] is not None:
         lexical_rng(loader).bit_generator.state = state["lexical"]
     progress_state = _Progress(state["identity"], state["epoch"], state["history"], state["best_epoch"], state["best_rsum"])

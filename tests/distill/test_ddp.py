@@ -1,5 +1,6 @@
 """Two torchrun (gloo) processes train the same student as one process on the same global batch."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def run(tmp_path_factory):
     for tower in ("image_tower", "text_tower"):
         cfg["student"][tower] = {**cfg["student"][tower], "freeze": True}
     cfg["student"]["momentum"] = {"queue_size": 24, "token_queue_size": 64}
-    cfg["student"]["train"] = {"epochs": 2, "batch_size": 8, "warmup_steps": 2, "batching": "random"}
+    cfg["student"]["train"] = {"epochs": 2, "batch_size": 8, "warmup_steps": 2, "batching": "random", "keep_checkpoints": 2}
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     for stage in (["data"], ["teacher", "fit"], ["distill", "--variant", "baseline"], ["teacher", "score"],
                   ["teacher", "score", "--cache", "top-k"], ["distill"]):
@@ -34,14 +35,18 @@ def run(tmp_path_factory):
     return root / "run"
 
 
+def _torchrun(run, *extra: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "distill", "distill", "--run-dir", str(run), *extra], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_two_processes_train_the_one_process_student(run):
     student = run / "students" / "distilled-seed0"
     single = {k: v.clone() for k, v in load_file(str(student / "model.safetensors")).items()}  # the file is rewritten
     single_log = (student / "training.json").read_text()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "distill", "distill", "--run-dir", str(run), "--force"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun(run, "--force")
     assert {"contrastive", "kd", "cached_kd", "align", "concept"} <= set(yaml.safe_load(single_log)["history"][0]["loss"])
     double = load_file(str(student / "model.safetensors"))
     trained = [k for k in single if "proj" in k]
@@ -49,3 +54,14 @@ def test_two_processes_train_the_one_process_student(run):
                            for k in trained)
     for name in single:
         torch.testing.assert_close(double[name], single[name], atol=TOLERANCE, rtol=0, msg=name)
+
+
+def test_two_processes_resume_each_with_its_own_generators(run):
+    """After the test above: drop the last epoch and resume under torchrun; the weights are the same."""
+    student = run / "students" / "distilled-seed0"
+    whole = load_file(str(student / "model.safetensors"))
+    shutil.rmtree(student / "checkpoints" / "epoch_002")
+    (student / "stage.json").unlink()
+    _torchrun(run, "--resume")
+    resumed = load_file(str(student / "model.safetensors"))
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
