@@ -122,7 +122,7 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nesting beyond Python's stack
         raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 

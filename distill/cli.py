@@ -47,7 +47,6 @@ def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) 
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set teacher.train.epochs=3 (repeatable)")
     p.add_argument("--force", action="store_true", help="redo the stage even if its output is up to date")
-    _add_resume(p)
     _add_skip_bad(p)
 
 
@@ -68,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _add_config_args(sub.add_parser("data", help="generate (synthetic) and check the dataset splits"))
     teacher = sub.add_parser("teacher", help="teacher stages").add_subparsers(dest="teacher_command", required=True)
-    _add_config_args(teacher.add_parser("fit", help="fit the SCAN teacher (VSE++ hinge)"))
+    fit = teacher.add_parser("fit", help="fit the SCAN teacher (VSE++ hinge)")
+    _add_config_args(fit)
+    _add_resume(fit)
     score = teacher.add_parser("score", help="score a split into a teacher score cache (all pairs, or each query's "
                                              "top-K candidates; the top-K job resumes and shards under torchrun)")
     _add_config_args(score)
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
                             "from scores.generator")
     distill = sub.add_parser("distill", help="train one student")
     _add_config_args(distill)
+    _add_resume(distill)
     distill.add_argument("--variant", default="distilled", choices=list(STUDENT_VARIANTS),
                          help="distilled: the configured student; baseline: contrastive only; kd, cached-kd, "
                               "selfalign, queue: contrastive plus that component alone (the ablation's rows)")
@@ -91,11 +93,14 @@ def parser() -> argparse.ArgumentParser:
     ablate = sub.add_parser("ablate", help="train every student variant (contrastive only; + in-batch KD; + cached KD; "
                                            "+ SelfAlign; + momentum queues; all) over the seeds and write the table")
     _add_config_args(ablate, config_required=True)
+    _add_resume(ablate)
     ablate.add_argument("--variants", nargs="+", choices=list(STUDENT_VARIANTS),
                         help="rows to train (default: all of them)")
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
-    _add_config_args(sub.add_parser("run", help="run every stage of a config"), config_required=True)
+    run = sub.add_parser("run", help="run every stage of a config")
+    _add_config_args(run, config_required=True)
+    _add_resume(run)
     search = sub.add_parser("search", help="query an exported student (torch-free): text->image or image->text")
     add_search_arguments(search)
     demo = sub.add_parser("demo", help="run every stage on the embedded default (synthetic scenes)")

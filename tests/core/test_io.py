@@ -44,6 +44,9 @@ def test_read_json_errors_name_the_file(tmp_path):
     (tmp_path / "y.json").write_text("{")
     with pytest.raises(ValueError, match="y.json: not valid JSON"):
         read_json(tmp_path / "y.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="deep.json: not valid JSON"):
+        read_json(tmp_path / "deep.json")
 
 
 def test_json_hash_is_order_independent():
