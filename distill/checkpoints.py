@@ -51,12 +51,8 @@ def save(path: Path, parts: Trainables, state: dict[str, Any]) -> None:
         write_json(tmp / STATE, {**state, "files": files})
 
 
-def _problem(path: Path, identity: str) -> str | None:
-    """Why checkpoint `path` cannot be resumed from (None when it can)."""
-    try:
-        state = read_json(path / STATE)
-    except (OSError, ValueError) as exc:
-        return str(exc)
+def _problem(path: Path, state: dict[str, Any], identity: str) -> str | None:
+    """Why checkpoint `path` (whose state.json holds `state`) cannot be resumed from; None when it can."""
     if state.get("identity") != identity:
         return "made by another configuration, dataset or seed"
     for name, digest in state.get("files", {}).items():
@@ -68,9 +64,14 @@ def _problem(path: Path, identity: str) -> str | None:
 def latest(root: Path, identity: str) -> tuple[Path, dict[str, Any]] | None:
     """The newest complete, undamaged checkpoint under `root` made by run `identity`, with its state."""
     for path in sorted(root.glob("epoch_[0-9][0-9][0-9]"), reverse=True):
-        problem = _problem(path, identity)
+        try:
+            state = read_json(path / STATE)
+        except (OSError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            problem = _problem(path, state, identity)
         if problem is None:
-            return path, read_json(path / STATE)
+            return path, state
         log.warning("not resuming from %s: %s", path, problem)
     return None
 

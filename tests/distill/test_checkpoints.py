@@ -58,6 +58,10 @@ def test_damaged_or_foreign_checkpoints_are_skipped_with_a_reason(trained, tmp_p
     assert "optimizer.pt is missing or does not match its recorded SHA-256" in caplog.text
     assert "made by another configuration, dataset or seed" in caplog.text
     assert checkpoints.latest(root, "a run never trained") is None
+    (root / "epoch_001" / "state.json").write_text("{")  # torn: the last candidate goes too
+    with caplog.at_level("WARNING", logger="itr_distill"):
+        assert checkpoints.latest(root, "run") is None
+    assert "state.json: not valid JSON" in caplog.text
 
 
 def test_without_resume_a_run_starts_over(trained, text_model_dir, splits, tmp_path):
