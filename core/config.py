@@ -332,6 +332,9 @@ class LossesConfig:
     concept: ConceptLossConfig = field(default_factory=ConceptLossConfig)
 
 
+QUEUE_TERMS = ("contrastive", "kd", "align")  # the terms that can read beyond the batch
+
+
 @dataclass
 class MomentumConfig:
     """A momentum (EMA) copy of the student whose embeddings fill FIFO queues of past batches, which
@@ -340,11 +343,15 @@ class MomentumConfig:
     coefficient: float = 0.995  # 0: the queues take the student's own (detached) outputs, no second forward
     queue_size: int = 0  # past captions and images per queue (0: no queues; off in the embedded default)
     token_queue_size: int = 4096  # past local tokens per modality for context alignment (with queue_size > 0)
+    queue_terms: list[str] = field(default_factory=lambda: list(QUEUE_TERMS))  # the loss terms that read the queues
 
     def problems(self) -> list[str]:
         out = _non_negative(self, "queue_size", "token_queue_size")
         if not 0 <= self.coefficient < 1:
             out.append(f"coefficient: must be in [0, 1), got {self.coefficient}")
+        unknown = [t for t in self.queue_terms if t not in QUEUE_TERMS]
+        if unknown or not self.queue_terms:
+            out.append(f"queue_terms: must be a non-empty list of {list(QUEUE_TERMS)}, got {self.queue_terms}")
         return out
 
 

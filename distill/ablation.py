@@ -20,7 +20,7 @@ from eval.evaluate import metrics_for, student_sims
 
 log = logging.getLogger("itr_distill")
 ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ cached top-K KD",
-        "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues", "distilled": "all (the configured student)"}
+        "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues (as negatives)", "distilled": "all (the configured student)"}
 
 
 def _prerequisites(cfg: Config, force: bool, resume: bool) -> None:
@@ -62,7 +62,8 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
             log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1]["rsum"])
         terms = read_json(directory / "model.json")["losses"]
         if student_cfg.momentum.queue_size:
-            terms = terms + [f"queue {student_cfg.momentum.queue_size}"]
+            readers = ", ".join(t for t in terms if t in student_cfg.momentum.queue_terms)
+            terms = terms + [f"queue {student_cfg.momentum.queue_size} (read by {readers})"]
         rows.append({"variant": variant, "label": ROWS.get(variant, variant), "terms": terms,
                      "seeds": list(cfg.experiment.seeds), "per_seed": per_seed})
     train = cfg.student.train

@@ -52,10 +52,15 @@ def _switched_off(student: StudentConfig, components: tuple[str, ...]) -> Studen
 
 
 def variant_config(cfg: Config, variant: str) -> StudentConfig:
-    """The configured student with every component that `variant` does not keep switched off."""
+    """The configured student with every component that `variant` does not keep switched off. The
+    `queue` variant's one term, the contrastive one, reads the queues whatever `queue_terms` says:
+    that row measures queued pairs as extra negatives."""
     if variant not in STUDENT_VARIANTS:
         raise ValueError(f"unknown student variant {variant!r} (expected one of {list(STUDENT_VARIANTS)})")
-    return _switched_off(cfg.student, tuple(c for c in STUDENT_COMPONENTS if c not in STUDENT_VARIANTS[variant]))
+    student = _switched_off(cfg.student, tuple(c for c in STUDENT_COMPONENTS if c not in STUDENT_VARIANTS[variant]))
+    if variant == "queue":
+        student = dataclasses.replace(student, momentum=dataclasses.replace(student.momentum, queue_terms=["contrastive"]))
+    return student
 
 
 def _with_temperature(student: StudentConfig, term: str, tau: float) -> StudentConfig:
@@ -141,7 +146,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     text_model = text_source(paths, student_cfg.text_tower, train)
     seed_everything(seed)
     student = new_model("student", student_cfg, text_model, feature_dim(train))
-    objective = student_objective(student_cfg.losses, student_cfg.embed_dim)
+    objective = student_objective(student_cfg.losses, student_cfg.embed_dim, student_cfg.momentum.queue_terms)
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_model_info(out, "student", student_cfg, text_model, feature_dim(train), seed=seed, variant=variant,

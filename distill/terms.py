@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.config import LossesConfig, TeacherConfig
+from core.config import QUEUE_TERMS, LossesConfig, TeacherConfig
 from distill.losses import Beyond, candidate_listnet, hinge, infonce, listnet
 from distill.memory import EmbeddingBank, Queued
 from distill.selfalign import concept_alignment, context_alignment
@@ -48,6 +48,11 @@ class LossTerm(nn.Module):
     def __init__(self, weight: float):
         super().__init__()
         self.weight = weight
+        self.reads_queue = False  # set by student_objective for the configured momentum.queue_terms
+
+    def queued(self, ctx: StepContext) -> Queued | None:
+        """The queues, when this term reads them."""
+        return ctx.queued if self.reads_queue else None
 
     def set_epoch(self, epoch: int) -> None:
         """Terms with a schedule (e.g. hinge warm-up) override this."""
@@ -66,7 +71,7 @@ class ContrastiveTerm(LossTerm):
 
     def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        return infonce(out["sims"], batch.image_index, scale, _beyond(out, batch.image_index, ctx.queued))
+        return infonce(out["sims"], batch.image_index, scale, _beyond(out, batch.image_index, self.queued(ctx)))
 
 
 class HingeTerm(LossTerm):
@@ -86,7 +91,7 @@ class HingeTerm(LossTerm):
 
 
 class KDTerm(LossTerm):
-    """In-batch ListNet, extended over the queued pairs when there are queues."""
+    """In-batch ListNet, extended over the queued pairs when it reads the queues."""
 
     name = "kd"
 
@@ -99,10 +104,10 @@ class KDTerm(LossTerm):
             raise ValueError("the 'kd' loss needs teacher scores for the batch")
         device = out["sims"].device
         teacher = ctx.teacher(batch.image_index, batch.caption_index).to(device)
-        student_beyond = _beyond(out, batch.image_index, ctx.queued)
+        q = self.queued(ctx)
+        student_beyond = _beyond(out, batch.image_index, q)
         teacher_beyond = None
         if student_beyond is not None:
-            q = ctx.queued
             teacher_beyond = Beyond(ctx.teacher(batch.image_index, q.caption_index).to(device), student_beyond.i2t_excluded,
                                     ctx.teacher(q.image_index, batch.caption_index).T.to(device), student_beyond.t2i_excluded)
         return listnet(out["sims"], teacher, batch.image_index, self.teacher_temperature, self.student_scale,
@@ -136,7 +141,7 @@ class CachedKDTerm(LossTerm):
 
 
 class AlignTerm(LossTerm):
-    """SelfAlign context level, both directions; queued local tokens join the negatives."""
+    """SelfAlign context level, both directions; queued local tokens join the negatives when it reads the queues."""
 
     name = "align"
 
@@ -145,7 +150,7 @@ class AlignTerm(LossTerm):
         self.temperature = temperature
 
     def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
-        q = ctx.queued
+        q = self.queued(ctx)
         i2t = context_alignment(out["img_emb"], out["txt_local"], out["txt_local_mask"], batch.image_index,
                                 self.temperature, *((q.txt_tokens, q.txt_token_image) if q else ()))
         t2i = context_alignment(out["txt_emb"], out["img_local"], out["img_local_mask"], batch.image_index,
@@ -209,8 +214,9 @@ def uses_teacher(cfg: LossesConfig) -> bool:
     return cfg.kd.weight > 0
 
 
-def student_objective(cfg: LossesConfig, embed_dim: int) -> Objective:
-    """The student's terms with a positive weight: contrastive (or hinge), KD, cached KD, alignment, concepts."""
+def student_objective(cfg: LossesConfig, embed_dim: int, queue_terms: Iterable[str] = QUEUE_TERMS) -> Objective:
+    """The student's terms with a positive weight: contrastive (or hinge), KD, cached KD, alignment, concepts;
+    those named in `queue_terms` read the momentum queues (when the run keeps any)."""
     for name, kd in (("kd", cfg.kd), ("cached_kd", cfg.cached_kd)):
         if kd.weight > 0 and kd.teacher_temperature == "auto":
             raise ValueError(f"{name}.teacher_temperature 'auto' must be resolved from the score cache first")
@@ -230,6 +236,8 @@ def student_objective(cfg: LossesConfig, embed_dim: int) -> Objective:
     if cc.weight > 0:
         terms.append(ConceptTerm(cc.weight, cc.prototypes, embed_dim, cc.temperature, cc.epsilon,
                                  cc.sinkhorn_iterations, cc.directions))
+    for term in terms:
+        term.reads_queue = term.name in queue_terms
     return Objective(terms)
 
 

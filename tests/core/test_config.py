@@ -79,11 +79,12 @@ def test_student_options_that_cannot_work_are_refused_before_any_work():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["student.losses.cached_kd.weight=1", "student.momentum.coefficient=1",
                            "student.losses.concept.prototypes=0",
-                           "student.losses.cached_kd.teacher_temperature=-2"])
+                           "student.losses.cached_kd.teacher_temperature=-2", "student.momentum.queue_terms=[kd, concept]"])
     problems = "\n".join(info.value.problems)
     assert "student.losses.cached_kd: needs scores.top_k >= its candidates (32), got top_k 0" in problems
     assert "student.momentum.coefficient: must be in [0, 1)" in problems
     assert "student.losses.concept.prototypes: must be > 0" in problems
     assert "student.losses.cached_kd.teacher_temperature: must be > 0 or 'auto'" in problems
+    assert "student.momentum.queue_terms: must be a non-empty list of ['contrastive', 'kd', 'align']" in problems
     load_config(None, ["scores.top_k=0", "student.losses.cached_kd.weight=0"])  # no top-K cache, no cached KD: fine
     load_config(None, ["scores.top_k=32", "student.losses.cached_kd.weight=1"])

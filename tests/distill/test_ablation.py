@@ -8,7 +8,7 @@ from tests.conftest import tiny_config_dict
 
 def test_ablate_trains_each_variant_per_seed_and_reports_the_table(tmp_path):
     cfg = tiny_config_dict(tmp_path / "run", tmp_path / "data")
-    cfg["student"]["momentum"] = {"queue_size": 16, "token_queue_size": 32}
+    cfg["student"]["momentum"] = {"queue_size": 16, "token_queue_size": 32, "queue_terms": ["kd", "align"]}
     cfg["student"]["losses"]["concept"] = {"weight": 0.0}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["ablate", str(tmp_path / "tiny.yaml"), "--variants", "baseline", "cached-kd", "queue", "selfalign",
@@ -17,8 +17,9 @@ def test_ablate_trains_each_variant_per_seed_and_reports_the_table(tmp_path):
     rows = {r["variant"]: r for r in table["rows"]}
     assert list(rows) == ["baseline", "cached-kd", "queue", "selfalign", "distilled"]
     assert rows["baseline"]["terms"] == ["contrastive"] and rows["cached-kd"]["terms"] == ["contrastive", "cached_kd"]
-    assert rows["queue"]["terms"] == ["contrastive", "queue 16"] and rows["selfalign"]["terms"] == ["contrastive", "align"]
-    assert rows["distilled"]["terms"] == ["contrastive", "kd", "cached_kd", "align", "queue 16"]
+    assert rows["selfalign"]["terms"] == ["contrastive", "align"]
+    assert rows["queue"]["terms"] == ["contrastive", "queue 16 (read by contrastive)"]  # the row's one reader
+    assert rows["distilled"]["terms"] == ["contrastive", "kd", "cached_kd", "align", "queue 16 (read by kd, align)"]
     assert all(len(r["per_seed"]) == 2 for r in rows.values())  # seeds 0 and 1
     for variant in rows:
         assert (tmp_path / "run/students" / f"{variant}-seed1" / "model.safetensors").is_file()

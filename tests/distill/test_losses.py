@@ -195,3 +195,28 @@ def test_cached_kd_term_reads_each_querys_list_and_the_bank():
     torch.testing.assert_close(got, (t2i + i2t) / 2)
     with pytest.raises(ValueError, match="top-K score cache"):
         term(out, batch, StepContext())
+
+
+def test_only_the_terms_named_in_queue_terms_read_the_queues():
+    from distill.memory import Queued
+
+    cfg = LossesConfig()
+    cfg.align.weight = cfg.cached_kd.weight = cfg.concept.weight = 0.0
+    cfg.kd.teacher_temperature = 0.1
+    torch.manual_seed(0)
+    emb = F.normalize(torch.randn(3, 4), dim=-1), F.normalize(torch.randn(3, 4), dim=-1)
+    out = {"img_emb": emb[0], "txt_emb": emb[1], "sims": emb[0] @ emb[1].T}
+    batch = type("B", (), {"image_index": torch.arange(3), "caption_index": torch.arange(3)})()
+    teacher = torch.randn(5, 5)
+    queued = Queued(F.normalize(torch.randn(2, 4), dim=-1), F.normalize(torch.randn(2, 4), dim=-1), torch.tensor([3, 4]),
+                    torch.tensor([3, 4]), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
+                    torch.zeros(0, dtype=torch.long))
+    lookup = lambda i, c: teacher[i][:, c]
+
+    def parts(queue_terms):
+        return student_objective(cfg, 4, queue_terms)(out, batch, StepContext(teacher=lookup, queued=queued))[1]
+
+    alone = student_objective(cfg, 4)(out, batch, StepContext(teacher=lookup))[1]
+    kd_only, both = parts(["kd"]), parts(["contrastive", "kd"])
+    assert kd_only["contrastive"] == pytest.approx(alone["contrastive"]) and kd_only["kd"] != pytest.approx(alone["kd"])
+    assert both["contrastive"] != pytest.approx(alone["contrastive"]) and both["kd"] == pytest.approx(kd_only["kd"])
