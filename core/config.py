@@ -342,7 +342,7 @@ class MomentumConfig:
 
     coefficient: float = 0.995  # 0: the queues take the student's own (detached) outputs, no second forward
     queue_size: int = 0  # past captions and images per queue (0: no queues; off in the embedded default)
-    token_queue_size: int = 4096  # past local tokens per modality for context alignment (with queue_size > 0)
+    token_queue_size: int = 4096  # past local tokens per modality (kept when `align` reads the queues)
     queue_terms: list[str] = field(default_factory=lambda: list(QUEUE_TERMS))  # the loss terms that read the queues
 
     def problems(self) -> list[str]:

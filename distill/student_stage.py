@@ -108,7 +108,8 @@ def _memory(student_cfg: StudentConfig, student: torch.nn.Module, train: Caption
     if momentum.queue_size == 0 and not with_bank:
         return None
     dim = student_cfg.embed_dim
-    queues = PairQueues(momentum.queue_size, momentum.token_queue_size, dim, device) if momentum.queue_size else None
+    tokens = momentum.token_queue_size if "align" in momentum.queue_terms and student_cfg.losses.align.weight > 0 else 0
+    queues = PairQueues(momentum.queue_size, tokens, dim, device) if momentum.queue_size else None
     bank = None
     if with_bank:
         images, captions = student_encode(student, train, student.image_tower.preprocess(), batch_size, device,
