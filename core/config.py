@@ -322,6 +322,40 @@ class ConceptLossConfig:
 
 
 @dataclass
+class LexicalLossConfig:
+    """Hierarchical embedding's local term: ListNet of the local space's in-batch scores towards the
+    lexical labels (IDF-weighted share of a caption's words found in an image's other captions).
+    Trained only when `student.hierarchy.local_dim` > 0."""
+
+    weight: float = 1.0
+    label_temperature: float = 0.1  # labels lie in [0, 1]; 0.1 spreads them over 10 logits
+    student_scale: float = 20.0
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "weight") + _positive(self, "label_temperature", "student_scale")
+
+
+@dataclass
+class GuidedLossConfig:
+    """USER's guided enhancement: a frozen off-the-shelf encoder pair gives global targets. Its
+    in-batch image-image and caption-caption similarities (which need no cross-modal alignment, so
+    any timm / sentence-transformers pair serves) are the ListNet targets of the student's."""
+
+    weight: float = 0.0  # off in the embedded default: see the README's ablation
+    source: Literal["teacher", "towers"] = "teacher"  # the teacher's global vectors, or the towers below
+    image_tower: ImageTowerConfig = field(default_factory=lambda: ImageTowerConfig(freeze=True))
+    text_tower: TextTowerConfig = field(default_factory=lambda: TextTowerConfig(freeze=True))
+    temperature: float = 0.05  # of the guide's cosines
+    student_scale: float = 20.0
+
+    def problems(self) -> list[str]:
+        out = _non_negative(self, "weight") + _positive(self, "temperature", "student_scale")
+        if self.source == "towers" and self.weight > 0 and self.text_tower.model == "scratch":
+            out.append("text_tower.model: a guide needs a trained sentence-transformers model, not 'scratch'")
+        return out
+
+
+@dataclass
 class LossesConfig:
     """The student's named, weighted loss terms."""
 
@@ -330,6 +364,8 @@ class LossesConfig:
     cached_kd: CachedKDLossConfig = field(default_factory=CachedKDLossConfig)
     align: AlignLossConfig = field(default_factory=AlignLossConfig)
     concept: ConceptLossConfig = field(default_factory=ConceptLossConfig)
+    lexical: LexicalLossConfig = field(default_factory=LexicalLossConfig)
+    guided: GuidedLossConfig = field(default_factory=GuidedLossConfig)
 
 
 QUEUE_TERMS = ("contrastive", "kd", "align")  # the terms that can read beyond the batch
@@ -356,6 +392,49 @@ class MomentumConfig:
 
 
 @dataclass
+class MemoryBankConfig:
+    """MEMBER's cross-modal memory banks: `slots` cluster centres of the training set's image
+    embeddings (read by captions) and of its caption embeddings (read by images), re-clustered at
+    the end of every epoch from the embeddings the epoch produced. Each embedding adds `mix` times
+    the bank vectors it attends to and is renormalised; the banks are constants of the exported graphs."""
+
+    slots: int = 0  # centres per bank (0: off)
+    mix: float = 0.5
+    temperature: float = 0.05  # of the attention over the slots
+    kmeans_iterations: int = 10
+    kmeans_points: int = 16384  # the epoch's newest embeddings that are clustered
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "slots", "mix") + _positive(self, "temperature", "kmeans_iterations", "kmeans_points")
+
+
+@dataclass
+class HierarchyConfig:
+    """Hierarchical embedding (Sun, Qin, Liu 2023): a local space learned beside the global one
+    (supervised by `losses.lexical`); the shipped embedding concatenates the two normalised vectors,
+    weighted, and is unit-norm, so a dot product scores global_weight² x global + local_weight² x local."""
+
+    local_dim: int = 0  # 0: off
+    global_weight: float = 1.0
+    local_weight: float = 0.5
+
+    def problems(self) -> list[str]:
+        out = _non_negative(self, "local_dim", "global_weight", "local_weight")
+        return out + ([] if self.global_weight + self.local_weight > 0 else ["global_weight, local_weight: not both 0"])
+
+
+@dataclass
+class SelfGuidedConfig:
+    """USER's self-guided enhancement: a global query (the mean of a modality's tokens) attends over
+    its tokens, and the attention re-weights the tokens before pooling (both modalities)."""
+
+    attention_dim: int = 0  # query/key width (0: off)
+
+    def problems(self) -> list[str]:
+        return _non_negative(self, "attention_dim")
+
+
+@dataclass
 class StudentConfig:
     """The dual encoder that ships: towers, pooling, projection, L2-normalised embeddings."""
 
@@ -371,18 +450,33 @@ class StudentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     losses: LossesConfig = field(default_factory=LossesConfig)
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
+    memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
+    self_guided: SelfGuidedConfig = field(default_factory=SelfGuidedConfig)
 
     def problems(self) -> list[str]:
         return _positive(self, "embed_dim")
 
+    @property
+    def embedding_dim(self) -> int:
+        """The shipped embedding's width: the global space, plus the local one when hierarchical."""
+        return self.embed_dim + self.hierarchy.local_dim
+
 
 # Components of the student beyond the contrastive term, and which each student variant keeps:
 # `distilled` is the configured student, `baseline` the contrastive term alone, the others one
-# component on top of it (the rows of `itr-distill ablate`).
-STUDENT_COMPONENTS = ("kd", "cached_kd", "align", "concept", "queue")
+# component (or a named combination) on top of it: the rows of `itr-distill ablate`. Loss components
+# are on when their weight is > 0; the others when the setting named here is > 0.
+STUDENT_COMPONENTS = ("kd", "cached_kd", "align", "concept", "queue", "memory_bank", "hierarchy", "self_guided",
+                      "guided")
+SIZE_SWITCHES = {"queue": ("momentum", "queue_size"), "memory_bank": ("memory_bank", "slots"),
+                 "hierarchy": ("hierarchy", "local_dim"), "self_guided": ("self_guided", "attention_dim")}
+USER = ("self_guided", "guided", "queue")  # USER: both enhancements and the queued negatives
 STUDENT_VARIANTS: dict[str, tuple[str, ...]] = {
     "baseline": (), "kd": ("kd",), "cached-kd": ("cached_kd",), "selfalign": ("align", "concept"),
-    "queue": ("queue",), "distilled": STUDENT_COMPONENTS}
+    "queue": ("queue",), "member": ("memory_bank",), "hierarchical": ("hierarchy",), "user-self": ("self_guided",),
+    "user-guided": ("guided",), "user": USER, "kd+member": ("kd", "memory_bank"),
+    "kd+hierarchical": ("kd", "hierarchy"), "kd+user": ("kd", *USER), "distilled": STUDENT_COMPONENTS}
 
 
 @dataclass

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.config import STUDENT_VARIANTS, Config
+from core.config import STUDENT_VARIANTS, Config, StudentConfig
 from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
@@ -20,7 +20,27 @@ from eval.evaluate import metrics_for, student_sims
 
 log = logging.getLogger("itr_distill")
 ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ cached top-K KD",
-        "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues (as negatives)", "distilled": "all (the configured student)"}
+        "selfalign": "+ SelfAlign (context + concept)", "queue": "+ momentum queues (as negatives)",
+        "member": "+ MEMBER memory banks", "hierarchical": "+ hierarchical embedding (lexical local space)",
+        "user-self": "+ USER self-guided enhancement", "user-guided": "+ USER guided enhancement",
+        "user": "+ USER (self-guided + guided + queued negatives)", "kd+member": "+ in-batch KD + MEMBER",
+        "kd+hierarchical": "+ in-batch KD + hierarchical embedding", "kd+user": "+ in-batch KD + USER",
+        "distilled": "all (the configured student)"}
+
+
+def _structure(student: StudentConfig, terms: list[str]) -> list[str]:
+    """The ablation table's names for what a student is built with besides its loss `terms`."""
+    parts = []
+    if student.momentum.queue_size:
+        readers = ", ".join(t for t in terms if t in student.momentum.queue_terms)
+        parts.append(f"queue {student.momentum.queue_size} (read by {readers})")
+    if student.memory_bank.slots:
+        parts.append(f"memory banks {student.memory_bank.slots}")
+    if student.hierarchy.local_dim:
+        parts.append(f"local space {student.hierarchy.local_dim}")
+    if student.self_guided.attention_dim:
+        parts.append("self-guided pooling")
+    return parts
 
 
 def _prerequisites(cfg: Config, force: bool, resume: bool) -> None:
@@ -61,9 +81,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
             per_seed.append(metrics_for(sims, split, cfg.eval.folds))
             log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1]["rsum"])
         terms = read_json(directory / "model.json")["losses"]
-        if student_cfg.momentum.queue_size:
-            readers = ", ".join(t for t in terms if t in student_cfg.momentum.queue_terms)
-            terms = terms + [f"queue {student_cfg.momentum.queue_size} (read by {readers})"]
+        terms = terms + _structure(student_cfg, terms)
         rows.append({"variant": variant, "label": ROWS.get(variant, variant), "terms": terms,
                      "seeds": list(cfg.experiment.seeds), "per_seed": per_seed})
     train = cfg.student.train

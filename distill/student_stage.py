@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import STUDENT_COMPONENTS, STUDENT_VARIANTS, Config, StudentConfig
+from core.config import SIZE_SWITCHES, STUDENT_COMPONENTS, STUDENT_VARIANTS, Config, StudentConfig
 from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
@@ -25,9 +25,11 @@ from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
 from distill.loop import fit
 from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
-from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
+from distill.guide import guide_identity, guide_targets
+from distill.lexical import LexicalLabels
+from distill.memory import EmbeddingBank, EpochEmbeddings, Memory, MomentumEncoder, PairQueues
 from distill.stages import load_split, topk_identity_for
-from distill.terms import StepContext, student_objective, uses_teacher
+from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.workspace import (RunPaths, feature_dim, new_model, save_model_info, stamp, text_source, up_to_date)
 from eval.evaluate import metrics_for, student_sims
 from student.encode import encode_split as student_encode
@@ -38,28 +40,36 @@ log = logging.getLogger("itr_distill")
 
 
 def component_on(student: StudentConfig, component: str) -> bool:
-    if component == "queue":
-        return student.momentum.queue_size > 0
+    if component in SIZE_SWITCHES:
+        block, setting = SIZE_SWITCHES[component]
+        return getattr(getattr(student, block), setting) > 0
     return getattr(student.losses, component).weight > 0
 
 
 def _switched_off(student: StudentConfig, components: tuple[str, ...]) -> StudentConfig:
-    losses = student.losses
-    for name in (c for c in components if c != "queue"):
-        losses = dataclasses.replace(losses, **{name: dataclasses.replace(getattr(losses, name), weight=0.0)})
-    momentum = dataclasses.replace(student.momentum, queue_size=0) if "queue" in components else student.momentum
-    return dataclasses.replace(student, losses=losses, momentum=momentum)
+    for name in components:
+        if name in SIZE_SWITCHES:
+            block, setting = SIZE_SWITCHES[name]
+            student = dataclasses.replace(student, **{block: dataclasses.replace(getattr(student, block), **{setting: 0})})
+        else:
+            loss = dataclasses.replace(getattr(student.losses, name), weight=0.0)
+            student = dataclasses.replace(student, losses=dataclasses.replace(student.losses, **{name: loss}))
+    return student
 
 
 def variant_config(cfg: Config, variant: str) -> StudentConfig:
-    """The configured student with every component that `variant` does not keep switched off. The
-    `queue` variant's one term, the contrastive one, reads the queues whatever `queue_terms` says:
-    that row measures queued pairs as extra negatives."""
+    """The configured student with every component that `variant` does not keep switched off. A
+    variant that keeps the queues but none of the terms configured to read them (e.g. `queue`, or
+    `user` under `queue_terms: [kd]`) has the contrastive term read them: USER's unified objective,
+    in-batch and queued negatives in one contrastive loss."""
     if variant not in STUDENT_VARIANTS:
         raise ValueError(f"unknown student variant {variant!r} (expected one of {list(STUDENT_VARIANTS)})")
-    student = _switched_off(cfg.student, tuple(c for c in STUDENT_COMPONENTS if c not in STUDENT_VARIANTS[variant]))
-    if variant == "queue":
-        student = dataclasses.replace(student, momentum=dataclasses.replace(student.momentum, queue_terms=["contrastive"]))
+    kept = STUDENT_VARIANTS[variant]
+    student = _switched_off(cfg.student, tuple(c for c in STUDENT_COMPONENTS if c not in kept))
+    momentum = student.momentum
+    if variant != "distilled" and "queue" in kept:
+        readers = [t for t in momentum.queue_terms if t == "contrastive" or component_on(student, t)]
+        student = dataclasses.replace(student, momentum=dataclasses.replace(momentum, queue_terms=readers or ["contrastive"]))
     return student
 
 
@@ -98,24 +108,42 @@ def _teacher_context(cfg: Config, student: StudentConfig, paths: RunPaths, train
             log.info("cached_kd teacher temperature (auto): %.4f (top-%d list spread %.4f -> logit std %.1f)", tau,
                      losses.cached_kd.candidates, spread, losses.cached_kd.teacher_logit_std)
             student = _with_temperature(student, "cached_kd", tau)
+    if losses.guided.weight > 0:
+        key["guide"] = guide_identity(losses.guided, paths)
     return student, context
 
 
+def _local_context(student: StudentConfig, context: StepContext, paths: RunPaths, train: CaptionSplit,
+                   batch_size: int, device: torch.device) -> StepContext:
+    """What the enhancement terms read, made once the student is known to need training: the
+    lexical labels of the training captions and the guide's vectors."""
+    if uses_lexical(student):
+        context = dataclasses.replace(context, lexical=LexicalLabels(train.captions, train.captions_per_image))
+    if student.losses.guided.weight > 0:
+        context = dataclasses.replace(context, guide=guide_targets(student.losses.guided, paths, train, batch_size, device))
+    return context
+
+
 def _memory(student_cfg: StudentConfig, student: torch.nn.Module, train: CaptionSplit, frozen: Frozen,
-            batch_size: int, device: torch.device) -> Memory | None:
-    """The momentum encoder with its queues and, for cached KD, the bank filled by a first pass."""
-    momentum, with_bank = student_cfg.momentum, student_cfg.losses.cached_kd.weight > 0
-    if momentum.queue_size == 0 and not with_bank:
+            batch_size: int, seed: int, device: torch.device) -> Memory | None:
+    """The momentum encoder with its queues, for cached KD the bank filled by a first pass, and for
+    memory banks the epoch's embeddings they are clustered from. The momentum copy is kept only for
+    queues and bank; memory banks alone cluster the student's own embeddings."""
+    momentum, with_bank, banks = student_cfg.momentum, student_cfg.losses.cached_kd.weight > 0, student_cfg.memory_bank
+    if momentum.queue_size == 0 and not with_bank and not banks.slots:
         return None
-    dim = student_cfg.embed_dim
     tokens = momentum.token_queue_size if "align" in momentum.queue_terms and student_cfg.losses.align.weight > 0 else 0
-    queues = PairQueues(momentum.queue_size, tokens, dim, device) if momentum.queue_size else None
+    queues = (PairQueues(momentum.queue_size, tokens, student_cfg.embedding_dim, student_cfg.embed_dim, device)
+              if momentum.queue_size else None)
     bank = None
     if with_bank:
         images, captions = student_encode(student, train, student.image_tower.preprocess(), batch_size, device,
                                           progress=False, frozen=frozen)
         bank = EmbeddingBank(torch.from_numpy(images).to(device), torch.from_numpy(captions).to(device))
-    return Memory(MomentumEncoder(student, momentum.coefficient), queues, bank)
+    epoch_embeddings = (EpochEmbeddings(banks.kmeans_points, student_cfg.embed_dim, banks.kmeans_iterations, seed, device)
+                        if banks.slots else None)
+    coefficient = momentum.coefficient if queues is not None or bank is not None else 0.0
+    return Memory(MomentumEncoder(student, coefficient), queues, bank, epoch_embeddings)
 
 
 def _frozen_shared(student: torch.nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
@@ -147,7 +175,8 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     text_model = text_source(paths, student_cfg.text_tower, train)
     seed_everything(seed)
     student = new_model("student", student_cfg, text_model, feature_dim(train))
-    objective = student_objective(student_cfg.losses, student_cfg.embed_dim, student_cfg.momentum.queue_terms)
+    objective = student_objective(student_cfg)
+    context = _local_context(student_cfg, context, paths, train, cfg.eval.batch_size, device)
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_model_info(out, "student", student_cfg, text_model, feature_dim(train), seed=seed, variant=variant,
@@ -158,7 +187,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     evaluate = lambda m: metrics_for(student_sims(m, val, pre, bs, device, False, frozen_val), val)
     result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
                  lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
-                 context=context, memory=_memory(student_cfg, student, train, frozen, bs, device),
+                 context=context, memory=_memory(student_cfg, student, train, frozen, bs, seed, device),
                  evaluate=evaluate, desc=f"student {out.name}", frozen=frozen, ranks=ranks,
                  identity=sha256_json(key), resume=resume)
     if ranks.is_main:

@@ -2,21 +2,23 @@
 
 Each term reads the model's outputs for the batch and a `StepContext`: the teacher's scores (any
 image ids against any caption ids, from the all-pairs cache), the queues of past pairs, the
-embedding bank and the cached top-K lists. A term that needs something the run does not provide
-says so by name.
+embedding bank, the cached top-K lists, the lexical labels and the guide's vectors. A term that
+needs something the run does not provide says so by name.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.config import QUEUE_TERMS, LossesConfig, TeacherConfig
-from distill.losses import Beyond, candidate_listnet, hinge, infonce, listnet
+from core.config import LossesConfig, StudentConfig, TeacherConfig
+from distill.guide import GuideTargets
+from distill.lexical import LexicalLabels
+from distill.losses import Beyond, candidate_listnet, hinge, infonce, listnet, soft_cross_entropy
 from distill.memory import EmbeddingBank, Queued
 from distill.selfalign import concept_alignment, context_alignment
 
@@ -29,6 +31,8 @@ class StepContext:
     queued: Queued | None = None
     bank: EmbeddingBank | None = None
     lists: dict[str, np.ndarray] | None = None  # top-K cache: {t2i,i2t}_{candidates,scores}
+    lexical: LexicalLabels | None = None
+    guide: GuideTargets | None = None
 
 
 def _beyond(out: dict, image_index: torch.Tensor, queued: Queued | None) -> Beyond | None:
@@ -151,9 +155,9 @@ class AlignTerm(LossTerm):
 
     def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
         q = self.queued(ctx)
-        i2t = context_alignment(out["img_emb"], out["txt_local"], out["txt_local_mask"], batch.image_index,
+        i2t = context_alignment(out["img_global"], out["txt_local"], out["txt_local_mask"], batch.image_index,
                                 self.temperature, *((q.txt_tokens, q.txt_token_image) if q else ()))
-        t2i = context_alignment(out["txt_emb"], out["img_local"], out["img_local_mask"], batch.image_index,
+        t2i = context_alignment(out["txt_global"], out["img_local"], out["img_local_mask"], batch.image_index,
                                 self.temperature, *((q.img_tokens, q.img_token_image) if q else ()))
         return (i2t + t2i) / 2
 
@@ -176,6 +180,57 @@ class ConceptTerm(LossTerm):
                                     self.prototypes, self.temperature, self.epsilon, self.iterations)
                   for q, c in (sides[d] for d in self.directions)]
         return sum(losses) / len(losses)
+
+
+class LexicalTerm(LossTerm):
+    """Hierarchical embedding's local space: ListNet of its in-batch scores towards the lexical labels."""
+
+    name = "lexical"
+
+    def __init__(self, weight: float, label_temperature: float, student_scale: float):
+        super().__init__(weight)
+        self.label_temperature, self.student_scale = label_temperature, student_scale
+
+    def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
+        if ctx.lexical is None or "img_lex" not in out:
+            raise ValueError("the 'lexical' loss needs the lexical labels and a student with a local space")
+        labels = ctx.lexical(batch.image_index, batch.caption_index).to(out["sims"].device)
+        return listnet(out["img_lex"] @ out["txt_lex"].T, labels, batch.image_index, self.label_temperature,
+                       self.student_scale)
+
+
+def _relational(student: torch.Tensor, guide: torch.Tensor, excluded: torch.Tensor, temperature: float,
+                scale: float) -> torch.Tensor:
+    """ListNet of each item's similarities to the batch's other items towards the guide's; rows with
+    no candidate left are skipped."""
+    keep = ~excluded.all(dim=1)
+    target = (guide @ guide.T / temperature).masked_fill(excluded, float("-inf"))[keep]
+    logits = (student @ student.T * scale).masked_fill(excluded, float("-inf"))[keep]
+    return soft_cross_entropy(target, logits) if len(target) else student.sum() * 0.0
+
+
+class GuidedTerm(LossTerm):
+    """USER's guided enhancement: the student's image-image and caption-caption similarities in the
+    batch follow the frozen guide's (duplicates of one image and each item itself left out)."""
+
+    name = "guided"
+
+    def __init__(self, weight: float, temperature: float, student_scale: float):
+        super().__init__(weight)
+        self.temperature, self.student_scale = temperature, student_scale
+
+    def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
+        if ctx.guide is None:
+            raise ValueError("the 'guided' loss needs the guide's vectors")
+        device = out["img_emb"].device
+        images = ctx.guide.images[batch.image_index.to(ctx.guide.images.device)].to(device)
+        captions = ctx.guide.captions[batch.caption_index.to(ctx.guide.captions.device)].to(device)
+        same_image = batch.image_index[:, None] == batch.image_index[None, :]
+        itself = torch.eye(len(batch.caption_index), dtype=torch.bool, device=device)
+        return (_relational(out["img_emb"], images.to(out["img_emb"].dtype), same_image, self.temperature,
+                            self.student_scale)
+                + _relational(out["txt_emb"], captions.to(out["txt_emb"].dtype), itself, self.temperature,
+                              self.student_scale)) / 2
 
 
 class Objective(nn.Module):
@@ -214,9 +269,16 @@ def uses_teacher(cfg: LossesConfig) -> bool:
     return cfg.kd.weight > 0
 
 
-def student_objective(cfg: LossesConfig, embed_dim: int, queue_terms: Iterable[str] = QUEUE_TERMS) -> Objective:
-    """The student's terms with a positive weight: contrastive (or hinge), KD, cached KD, alignment, concepts;
-    those named in `queue_terms` read the momentum queues (when the run keeps any)."""
+def uses_lexical(cfg: StudentConfig) -> bool:
+    """Whether the student trains a local space on lexical labels."""
+    return cfg.hierarchy.local_dim > 0 and cfg.losses.lexical.weight > 0
+
+
+def student_objective(student: StudentConfig) -> Objective:
+    """The student's terms with a positive weight: contrastive (or hinge), KD, cached KD, alignment,
+    concepts, the local space's lexical term, the guided term; those named in `momentum.queue_terms`
+    read the momentum queues (when the run keeps any)."""
+    cfg = student.losses
     for name, kd in (("kd", cfg.kd), ("cached_kd", cfg.cached_kd)):
         if kd.weight > 0 and kd.teacher_temperature == "auto":
             raise ValueError(f"{name}.teacher_temperature 'auto' must be resolved from the score cache first")
@@ -234,10 +296,14 @@ def student_objective(cfg: LossesConfig, embed_dim: int, queue_terms: Iterable[s
         terms.append(AlignTerm(cfg.align.weight, cfg.align.temperature))
     cc = cfg.concept
     if cc.weight > 0:
-        terms.append(ConceptTerm(cc.weight, cc.prototypes, embed_dim, cc.temperature, cc.epsilon,
+        terms.append(ConceptTerm(cc.weight, cc.prototypes, student.embed_dim, cc.temperature, cc.epsilon,
                                  cc.sinkhorn_iterations, cc.directions))
+    if uses_lexical(student):
+        terms.append(LexicalTerm(cfg.lexical.weight, cfg.lexical.label_temperature, cfg.lexical.student_scale))
+    if cfg.guided.weight > 0:
+        terms.append(GuidedTerm(cfg.guided.weight, cfg.guided.temperature, cfg.guided.student_scale))
     for term in terms:
-        term.reads_queue = term.name in queue_terms
+        term.reads_queue = term.name in student.momentum.queue_terms
     return Objective(terms)
 
 

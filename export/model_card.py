@@ -79,7 +79,15 @@ def model_card(manifest: dict[str, Any]) -> str:
         "itr-distill search EXPORT_DIR --gallery IMAGE_DIR --query \"a dog runs on the beach\"",
         "```",
         "",
-        f"The text encoder alone also loads with sentence-transformers: `SentenceTransformer(\"EXPORT_DIR/{text['sentence_transformer']}\")`.",
+        _sentence_transformer_line(text),
         "",
     ]
     return "\n".join(lines)
+
+
+def _sentence_transformer_line(text: dict) -> str:
+    if text["sentence_transformer"] is None:
+        return ("The caption encoder has parts (self-guided pooling, memory banks or a local space) that a "
+                "sentence-transformers directory cannot hold: use the ONNX graphs.")
+    return ("The text encoder alone also loads with sentence-transformers: "
+            f"`SentenceTransformer(\"EXPORT_DIR/{text['sentence_transformer']}\")`.")

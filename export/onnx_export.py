@@ -5,7 +5,8 @@ runtime only tokenises / preprocesses and calls it. Batch and sequence axes are 
 export, `onnx.checker` validates each file, the variants (`export.variants`) are made from the fp32
 graphs, and every variant is loaded by the torch-free runtime and gated (`export.gate`). If any
 variant fails its gate, the export fails and nothing is written. The export directory also holds
-the tokenizer, the text encoder as a sentence-transformers model, `manifest.json` and a model card.
+the tokenizer, the text encoder as a sentence-transformers model (when it is the plain tower, pooling
+and projection: the student's enhancements do not fit that format), `manifest.json` and a model card.
 """
 from __future__ import annotations
 
@@ -99,11 +100,12 @@ def _base_manifest(student: DualEncoder, cfg: ExportConfig, preprocess: ImagePre
         image_spec = {"input": "regions", "regions": int(data.images.shape[1]), "feature_dim": int(data.images.shape[2])}
     return {
         "format": FORMAT,
-        "embedding_dim": int(student.cfg.embed_dim),
+        "embedding_dim": int(student.embedding_dim),
         "image": image_spec,
         "text": {"max_length": int(student.text_tower.max_length), "tokenizer": "tokenizer/tokenizer.json",
                  "pad_token": tokenizer.pad_token, "pad_id": int(tokenizer.pad_token_id),
-                 "sentence_transformer": DIRNAME},
+                 # a sentence-transformers directory holds tower, pooling, projection, normalisation: not the enhancements
+                 "sentence_transformer": DIRNAME if student.plain_text_side else None},
         "opset": cfg.opset,
         "exporter": cfg.exporter,
         "source_checkpoint": {"path": str(source_checkpoint), "sha256": sha256_file(source_checkpoint)},
@@ -149,7 +151,8 @@ def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig,
                                     f"(loosen export.gate.<variant> only if that loss is acceptable, or drop the variant)")
         manifest["parity"] = manifest["variants"]["fp32"]["gate"]
         manifest["measured_on"] = machine_info()
-        save_text_model(student, tmp / DIRNAME)
+        if student.plain_text_side:
+            save_text_model(student, tmp / DIRNAME)
         write_json(tmp / "manifest.json", manifest)
         write_text(tmp / "README.md", model_card(manifest))
     return manifest

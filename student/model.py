@@ -8,6 +8,7 @@ from torch import nn
 from core.config import StudentConfig
 from core.towers.heads import TwoTowerModel, make_projection
 from core.towers.image import RegionFeatureTower, TokenOutput
+from student.enhance import CrossModalMemory, SelfGuidedWeights, hierarchical_concat, masked_mean
 
 
 def _grid_tokens(tower: nn.Module) -> int:
@@ -27,31 +28,76 @@ class DualEncoder(TwoTowerModel):
 
     Image pooling is the tower's own (`tower`, e.g. global average) or `flatten`: the grid tokens
     concatenated in order before the projection, which keeps where things are (average pooling
-    discards it) at no extra inference cost beyond a wider projection. `forward` also returns
-    projected local tokens for the SelfAlign training losses; `encode_images` and `encode_text`,
-    which export, return only the embeddings.
+    discards it) at no extra inference cost beyond a wider projection. Optional enhancements
+    (see student.enhance): self-guided token weights before pooling (`student.self_guided`), cross-modal
+    memory banks after the projection (`student.memory_bank`), and a local space concatenated to the
+    global one (`student.hierarchy`). `forward` also returns what the
+    training losses read (projected local tokens, the global and local parts); `encode_images` and
+    `encode_text`, which export, return only the embeddings.
     """
 
     def __init__(self, cfg: StudentConfig, image_tower: nn.Module, text_tower: nn.Module):
         super().__init__(image_tower, text_tower)
         self.cfg = cfg
         width = image_tower.out_dim
-        if cfg.image_pooling == "flatten":
-            if isinstance(image_tower, RegionFeatureTower):
-                raise ValueError("student.image_pooling 'flatten' needs a grid image tower, not region features")
-            self.image_proj = make_projection(_grid_tokens(image_tower) * width, cfg.embed_dim, cfg.projection)
-            self.image_local_proj = nn.Linear(width, cfg.embed_dim)  # training only: SelfAlign's local tokens
-        else:  # pooled and local image vectors share the projection
-            self.image_proj = make_projection(width, cfg.embed_dim, cfg.projection)
-            self.image_local_proj = None
+        flatten = cfg.image_pooling == "flatten"
+        if flatten and isinstance(image_tower, RegionFeatureTower):
+            raise ValueError("student.image_pooling 'flatten' needs a grid image tower, not region features")
+        image_in = _grid_tokens(image_tower) * width if flatten else width
+        self.image_proj = make_projection(image_in, cfg.embed_dim, cfg.projection)
+        # training only, SelfAlign's local tokens: their own projection when flattened, else the pooled one's
+        self.image_local_proj = nn.Linear(width, cfg.embed_dim) if flatten else None
         self.text_proj = make_projection(text_tower.out_dim, cfg.embed_dim, cfg.projection)
+        sg = cfg.self_guided.attention_dim
+        self.image_weights = SelfGuidedWeights(width, sg) if sg else None
+        self.text_weights = SelfGuidedWeights(text_tower.out_dim, sg) if sg else None
+        mb = cfg.memory_bank
+        self.memory = CrossModalMemory(mb.slots, cfg.embed_dim, mb.mix, mb.temperature) if mb.slots else None
+        local = cfg.hierarchy.local_dim
+        self.image_lex_proj = make_projection(image_in, local, cfg.projection) if local else None
+        self.text_lex_proj = make_projection(text_tower.out_dim, local, cfg.projection) if local else None
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.cfg.embedding_dim
+
+    @property
+    def plain_text_side(self) -> bool:
+        """Whether the caption encoder is tower + pooling + projection + normalisation and nothing else
+        (what a sentence-transformers directory can hold)."""
+        return self.text_weights is None and self.memory is None and self.text_lex_proj is None
+
+    def _image_pooled(self, out: TokenOutput) -> torch.Tensor:
+        tokens = out.tokens if self.image_weights is None else self.image_weights(out.tokens, out.mask)
+        if self.cfg.image_pooling == "flatten":
+            return tokens.flatten(1)
+        return out.pooled if self.image_weights is None else masked_mean(tokens, out.mask)
+
+    def _text_pooled(self, out: TokenOutput) -> torch.Tensor:
+        return out.pooled if self.text_weights is None else masked_mean(self.text_weights(out.tokens, out.mask), out.mask)
+
+    def _embed(self, pooled: torch.Tensor, proj: nn.Module, lex_proj: nn.Module | None, side: str) -> dict[str, torch.Tensor]:
+        """{base: projected, global: after the memory read, lex: local space, emb: shipped}."""
+        parts = {"base": F.normalize(proj(pooled), dim=-1)}
+        parts["global"] = parts["base"] if self.memory is None else getattr(self.memory, side)(parts["base"])
+        parts["emb"] = parts["global"]
+        if lex_proj is not None:
+            parts["lex"] = F.normalize(lex_proj(pooled), dim=-1)
+            h = self.cfg.hierarchy
+            parts["emb"] = hierarchical_concat(parts["global"], parts["lex"], h.global_weight, h.local_weight)
+        return parts
+
+    def _image_parts(self, out: TokenOutput) -> dict[str, torch.Tensor]:
+        return self._embed(self._image_pooled(out), self.image_proj, self.image_lex_proj, "images")
+
+    def _text_parts(self, out: TokenOutput) -> dict[str, torch.Tensor]:
+        return self._embed(self._text_pooled(out), self.text_proj, self.text_lex_proj, "captions")
 
     def images_from(self, out: TokenOutput) -> torch.Tensor:
-        pooled = out.tokens.flatten(1) if self.cfg.image_pooling == "flatten" else out.pooled
-        return F.normalize(self.image_proj(pooled), dim=-1)
+        return self._image_parts(out)["emb"]
 
     def captions_from(self, out: TokenOutput) -> torch.Tensor:
-        return F.normalize(self.text_proj(out.pooled), dim=-1)
+        return self._text_parts(out)["emb"]
 
     def encode_images(self, images: torch.Tensor, image_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.images_from(self.image_tower(images, image_mask))
@@ -61,13 +107,20 @@ class DualEncoder(TwoTowerModel):
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         img, txt = self.tower_outputs(batch)
-        img_emb, txt_emb = self.images_from(img), self.captions_from(txt)
-        return {
-            "img_emb": img_emb,
-            "txt_emb": txt_emb,
-            "sims": img_emb @ txt_emb.T,
+        image, text = self._image_parts(img), self._text_parts(txt)
+        out = {
+            "img_emb": image["emb"],
+            "txt_emb": text["emb"],
+            "sims": image["emb"] @ text["emb"].T,
+            "img_global": image["global"],
+            "txt_global": text["global"],
             "img_local": F.normalize((self.image_local_proj or self.image_proj)(img.tokens), dim=-1),
             "img_local_mask": img.mask,
             "txt_local": F.normalize(self.text_proj(txt.tokens), dim=-1),
             "txt_local_mask": txt.mask,
         }
+        if self.memory is not None:
+            out.update(img_base=image["base"], txt_base=text["base"])
+        if self.text_lex_proj is not None:
+            out.update(img_lex=image["lex"], txt_lex=text["lex"])
+        return out

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.config import LossesConfig, TrainConfig
+from core.config import LossesConfig, StudentConfig, TrainConfig
 from distill import checkpoints
 from distill.loop import fit
 from distill.terms import LossTerm, Objective, student_objective
@@ -17,7 +17,7 @@ SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val"
 def contrastive_only() -> Objective:
     cfg = LossesConfig()
     cfg.kd.weight = cfg.cached_kd.weight = cfg.concept.weight = 0.0
-    return student_objective(cfg, 32)
+    return student_objective(StudentConfig(embed_dim=32, losses=cfg))
 
 
 def test_fit_writes_checkpoints_logs_and_the_selected_weights(tiny_student, splits, tmp_path):
@@ -78,7 +78,7 @@ def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):
     losses = LossesConfig()
     losses.kd.teacher_temperature = losses.cached_kd.teacher_temperature = 0.1
     with pytest.raises(ValueError, match="no teacher scores"):
-        fit(tiny_student, student_objective(losses, 32), splits["train"], tiny_student.image_tower.preprocess(),
+        fit(tiny_student, student_objective(StudentConfig(embed_dim=32, losses=losses)), splits["train"], tiny_student.image_tower.preprocess(),
             SETTINGS, tmp_path, 0, torch.device("cpu"), progress=False)
 
 

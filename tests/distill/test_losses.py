@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import LossesConfig, TeacherConfig
+from core.config import LossesConfig, MomentumConfig, StudentConfig, TeacherConfig
 from distill.losses import hinge, infonce, listnet, same_image_off_diagonal
 from distill.selfalign import context_alignment
 from distill.terms import ContrastiveTerm, KDTerm, Objective, StepContext, student_objective, teacher_objective
@@ -103,9 +103,9 @@ def test_objective_weights_and_names():
     cfg = LossesConfig()
     cfg.contrastive.weight, cfg.kd.weight, cfg.align.weight, cfg.cached_kd.weight, cfg.concept.weight = 1.0, 0.5, 0, 0, 0
     with pytest.raises(ValueError, match="resolved"):
-        student_objective(cfg, 4)  # 'auto' temperature needs the score cache
+        student_objective(StudentConfig(embed_dim=4, losses=cfg))  # 'auto' temperature needs the score cache
     cfg.kd.teacher_temperature = 0.1
-    obj = student_objective(cfg, 4)
+    obj = student_objective(StudentConfig(embed_dim=4, losses=cfg))
     assert [t.name for t in obj.terms] == ["contrastive", "kd"] and obj.needs_teacher and not obj.needs_lists
     sims = torch.randn(3, 3)
     batch = type("B", (), {"image_index": torch.arange(3), "caption_index": torch.arange(3)})()
@@ -214,9 +214,10 @@ def test_only_the_terms_named_in_queue_terms_read_the_queues():
     lookup = lambda i, c: teacher[i][:, c]
 
     def parts(queue_terms):
-        return student_objective(cfg, 4, queue_terms)(out, batch, StepContext(teacher=lookup, queued=queued))[1]
+        student = StudentConfig(embed_dim=4, losses=cfg, momentum=MomentumConfig(queue_terms=queue_terms))
+        return student_objective(student)(out, batch, StepContext(teacher=lookup, queued=queued))[1]
 
-    alone = student_objective(cfg, 4)(out, batch, StepContext(teacher=lookup))[1]
+    alone = student_objective(StudentConfig(embed_dim=4, losses=cfg))(out, batch, StepContext(teacher=lookup))[1]
     kd_only, both = parts(["kd"]), parts(["contrastive", "kd"])
     assert kd_only["contrastive"] == pytest.approx(alone["contrastive"]) and kd_only["kd"] != pytest.approx(alone["kd"])
     assert both["contrastive"] != pytest.approx(alone["contrastive"]) and both["kd"] == pytest.approx(kd_only["kd"])

@@ -17,7 +17,7 @@ def test_fifo_queue_keeps_the_newest_rows_oldest_first():
 
 
 def test_pair_queues_hold_valid_tokens_with_their_image():
-    queues = PairQueues(size=4, token_size=8, dim=2)
+    queues = PairQueues(size=4, token_size=8, dim=2, token_dim=2)
     keys = {"img_emb": torch.ones(2, 2), "txt_emb": torch.zeros(2, 2),
             "img_local": torch.arange(12.0).reshape(2, 3, 2), "img_local_mask": torch.tensor([[1, 1, 0], [1, 0, 0]]).bool(),
             "txt_local": torch.zeros(2, 1, 2), "txt_local_mask": torch.ones(2, 1, dtype=torch.bool)}

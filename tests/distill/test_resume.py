@@ -21,12 +21,15 @@ KILLS = 10
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny run whose student trains its towers with every loss term, the momentum encoder, queues
-    and bank on, and lexical batches (their NumPy generator is part of the data order)."""
+    """A tiny run whose student trains its towers with every loss term, the momentum encoder, queues,
+    bank, memory banks (re-clustered each epoch), local space and self-guided pooling on, and lexical
+    batches (their NumPy generator is part of the data order)."""
     root = tmp_path_factory.mktemp("resume")
     cfg = tiny_config_dict(root / "run", root / "data")
     cfg["experiment"] = {"seeds": [0]}
     cfg["student"]["momentum"] = {"queue_size": 24, "token_queue_size": 64}
+    cfg["student"].update(memory_bank={"slots": 4}, hierarchy={"local_dim": 8}, self_guided={"attention_dim": 8})
+    cfg["student"]["losses"]["guided"] = {"weight": 0.5}
     cfg["student"]["train"] = {"epochs": 4, "batch_size": 8, "warmup_steps": 2, "batching": "lexical",
                                "select": "best_val", "keep_checkpoints": 1}
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
@@ -63,6 +66,8 @@ def test_killed_and_resumed_training_ends_with_the_uninterrupted_weights_and_met
     assert alone.wait() == 0, log.read_text()[-3000:]
     duration = time.perf_counter() - started  # building the student, its caches and bank, and training
     weights, history = _finished(student)
+    assert {"lexical", "guided", "cached_kd", "concept"} <= set(history[0]["loss"])
+    assert float(weights["memory.filled"]) == 1.0 and weights["memory.image_bank"].abs().sum() > 0
     log_alone = (student / "train_log.jsonl").read_text().splitlines()
     shutil.rmtree(student)
 

@@ -1,16 +1,54 @@
 from torch import nn
 
-from core.config import StudentConfig
+from core.config import Config, StudentConfig
 from core.towers.frozen import NOT_FROZEN
-from distill.student_stage import _memory
+from distill.student_stage import _memory, component_on, variant_config
+from distill.terms import student_objective
 
 
 def test_token_queues_are_kept_only_when_the_alignment_term_reads_them():
     cfg = StudentConfig()
     cfg.momentum.queue_size, cfg.losses.cached_kd.weight, cfg.losses.align.weight = 8, 0.0, 0.1
-    with_align = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, "cpu")
+    with_align = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
     assert with_align.queues.img_tokens is not None and with_align.queues.txt_tokens is not None
     cfg.momentum.queue_terms = ["kd"]
-    kd_only = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, "cpu")
+    kd_only = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
     assert kd_only.queues.img_tokens is None and kd_only.queues.txt_tokens is None
     assert len(kd_only.queues.images.vectors) == 8  # the pair queues stay
+
+
+def _configured() -> Config:
+    cfg = Config()
+    s = cfg.student
+    s.momentum.queue_size, s.momentum.queue_terms = 16, ["kd"]
+    s.memory_bank.slots, s.hierarchy.local_dim, s.self_guided.attention_dim = 8, 16, 8
+    s.losses.guided.weight = 0.5
+    return cfg
+
+
+def test_enhancement_variants_keep_only_their_components():
+    cfg = _configured()
+    member = variant_config(cfg, "member")
+    assert member.memory_bank.slots == 8 and member.hierarchy.local_dim == 0 and member.self_guided.attention_dim == 0
+    assert member.losses.kd.weight == 0 and member.losses.guided.weight == 0 and member.momentum.queue_size == 0
+    hierarchical = variant_config(cfg, "hierarchical")
+    assert hierarchical.hierarchy.local_dim == 16 and hierarchical.embedding_dim == 128 + 16
+    assert [t.name for t in student_objective(hierarchical).terms] == ["contrastive", "lexical"]
+    assert all(component_on(variant_config(cfg, "distilled"), c) for c in ("memory_bank", "hierarchy", "self_guided",
+                                                                           "guided", "queue", "kd"))
+
+
+def test_user_reads_the_queues_with_its_contrastive_term_unless_a_kept_term_is_configured_to():
+    cfg = _configured()
+    user = variant_config(cfg, "user")
+    assert user.self_guided.attention_dim == 8 and user.losses.guided.weight == 0.5 and user.losses.kd.weight == 0
+    assert user.momentum.queue_size == 16 and user.momentum.queue_terms == ["contrastive"]  # USER's unified objective
+    assert variant_config(cfg, "kd+user").momentum.queue_terms == ["kd"]
+    assert variant_config(cfg, "distilled").momentum.queue_terms == ["kd"]  # the configured student as configured
+
+
+def test_memory_banks_alone_keep_no_momentum_copy():
+    cfg = StudentConfig()
+    cfg.memory_bank.slots, cfg.losses.cached_kd.weight = 4, 0.0
+    memory = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
+    assert memory.momentum.model is None and memory.queues is None and memory.epoch_embeddings is not None

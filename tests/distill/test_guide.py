@@ -1,0 +1,57 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import GuidedLossConfig, ImageTowerConfig, TextTowerConfig
+from core.data.loading import pair_loader
+from distill.guide import guide_targets
+from distill.terms import GuidedTerm, StepContext, _relational
+from distill.workspace import RunPaths
+from tests.conftest import TINY_TOWERS, build_tiny
+
+
+@pytest.fixture()
+def guide(tmp_path, text_model_dir, splits):
+    cfg = GuidedLossConfig(weight=1.0, source="towers", image_tower=ImageTowerConfig(**TINY_TOWERS["image_tower"]),
+                           text_tower=TextTowerConfig(model=str(text_model_dir), max_length=24))
+    return guide_targets(cfg, RunPaths(tmp_path / "run"), splits["train"], 32, torch.device("cpu"))
+
+
+def test_guide_vectors_cover_the_split_and_are_unit_norm(guide, splits):
+    train = splits["train"]
+    assert guide.images.shape[0] == train.n_images and guide.captions.shape[0] == train.n_captions
+    torch.testing.assert_close(guide.images.norm(dim=1), torch.ones(train.n_images))
+    assert not guide.images.requires_grad and not guide.captions.requires_grad
+
+
+def test_guided_enhancement_targets_stay_frozen_while_the_student_learns(guide, text_model_dir, splits):
+    student = build_tiny("student", text_model_dir).train()
+    before = (guide.images.clone(), guide.captions.clone())
+    term, ctx = GuidedTerm(1.0, 0.05, 20.0), StepContext(guide=guide)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    loader = pair_loader(splits["train"], student.image_tower.preprocess(), student.tokenize, 8, batching="random",
+                         generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _, batch in zip(range(3), loader):
+        loss = term(student(batch), batch, ctx)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert torch.equal(guide.images, before[0]) and torch.equal(guide.captions, before[1])
+    assert guide.images.grad is None and all(torch.isfinite(torch.tensor(losses)))
+    assert student.image_proj.weight.grad is not None and student.image_proj.weight.grad.abs().sum() > 0
+
+
+def test_relational_loss_is_least_when_the_student_ranks_like_the_guide():
+    torch.manual_seed(0)
+    guide = F.normalize(torch.randn(6, 5), dim=-1)
+    excluded = torch.eye(6, dtype=torch.bool)
+    matching = _relational(guide.clone(), guide, excluded, temperature=0.05, scale=20.0)
+    other = _relational(F.normalize(torch.randn(6, 5), dim=-1), guide, excluded, temperature=0.05, scale=20.0)
+    p = torch.softmax((guide @ guide.T / 0.05).masked_fill(excluded, float("-inf")), dim=1)
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(1).mean()
+    torch.testing.assert_close(matching, entropy)
+    assert float(other) > float(matching)
+    every_row_excluded = torch.ones(6, 6, dtype=torch.bool)  # a batch of one image: nothing to rank
+    assert float(_relational(guide, guide, every_row_excluded, 0.05, 20.0)) == 0.0
