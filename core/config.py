@@ -350,8 +350,12 @@ class GuidedLossConfig:
 
     def problems(self) -> list[str]:
         out = _non_negative(self, "weight") + _positive(self, "temperature", "student_scale")
-        if self.source == "towers" and self.weight > 0 and self.text_tower.model == "scratch":
-            out.append("text_tower.model: a guide needs a trained sentence-transformers model, not 'scratch'")
+        if self.source == "towers" and self.weight > 0:
+            if self.text_tower.model == "scratch":
+                out.append("text_tower.model: a guide needs a trained sentence-transformers model, not 'scratch'")
+            tower = self.image_tower
+            if tower.kind == "timm" and not (tower.pretrained or tower.weights):
+                out.append("image_tower: a guide needs trained weights (pretrained: true, or weights: FILE)")
         return out
 
 
@@ -393,19 +397,19 @@ class MomentumConfig:
 
 @dataclass
 class MemoryBankConfig:
-    """MEMBER's cross-modal memory banks: `slots` cluster centres of the training set's image
-    embeddings (read by captions) and of its caption embeddings (read by images), re-clustered at
-    the end of every epoch from the embeddings the epoch produced. Each embedding adds `mix` times
-    the bank vectors it attends to and is renormalised; the banks are constants of the exported graphs."""
+    """MEMBER's cross-modal memory banks: `slots` online cluster centres of the training set's image
+    embeddings (read by captions) and of its caption embeddings (read by images), moved towards each
+    batch's nearest embeddings at every step (EMA, `momentum`). Each embedding adds `mix` times the
+    bank vectors it attends to and is renormalised; the banks are constants of the exported graphs."""
 
     slots: int = 0  # centres per bank (0: off)
     mix: float = 0.5
     temperature: float = 0.05  # of the attention over the slots
-    kmeans_iterations: int = 10
-    kmeans_points: int = 16384  # the epoch's newest embeddings that are clustered
+    momentum: float = 0.99  # of the centres' moving average, per step
 
     def problems(self) -> list[str]:
-        return _non_negative(self, "slots", "mix") + _positive(self, "temperature", "kmeans_iterations", "kmeans_points")
+        out = _non_negative(self, "slots", "mix") + _positive(self, "temperature")
+        return out + ([] if 0 <= self.momentum < 1 else [f"momentum: must be in [0, 1), got {self.momentum}"])
 
 
 @dataclass

@@ -4,9 +4,9 @@ Per step: forward the batch (bf16 autocast on CUDA), gather the outputs of every
 so that the losses see the global batch, ask the objective for its named terms (with the teacher's
 scores, the queues, the bank and the cached lists of the `StepContext`), stop on a non-finite loss
 naming the term, average the gradients over the ranks, step AdamW under a warm-up + cosine
-schedule, update the momentum encoder, queues and bank, log every term. Per epoch: re-clustering
-of the student's memory banks (when it has them), optional validation, a checkpoint (see
-distill.checkpoints: everything an exact resume needs), and pruning of old checkpoints. The selected epoch's weights become `model.safetensors`. Under torchrun every rank
+schedule, update the momentum encoder, queues and bank (and the student's memory banks), log every
+term. Per epoch: optional validation, a checkpoint (see distill.checkpoints: everything an exact
+resume needs), and pruning of old checkpoints. The selected epoch's weights become `model.safetensors`. Under torchrun every rank
 holds the same weights; rank 0 alone validates and writes.
 """
 from __future__ import annotations
@@ -132,8 +132,6 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
             started = time.perf_counter()
             losses = _train_epoch(step, loader, epoch, log_file, f"{desc} epoch {epoch}/{settings.epochs}",
                                   progress and ranks.is_main, root)
-            if memory is not None:
-                memory.end_epoch(model, epoch)
             record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
                       "loss": losses}
             progress_state.epoch = epoch

@@ -1,6 +1,6 @@
 """What the student's losses see beyond the batch: a momentum encoder, FIFO queues of its past
-embeddings (MoCo / USER) and per-item embedding banks for the cached top-K candidates; and the
-embeddings an epoch produced, from which the student's MEMBER memory banks are re-clustered.
+embeddings (MoCo / USER) and per-item embedding banks for the cached top-K candidates. The same
+keys also move the student's own MEMBER memory banks (`student.enhance.CrossModalMemory`).
 
 Queued and banked vectors carry no gradient; they enlarge the pools of negatives and of
 distillation targets at the cost of a momentum forward per step (none with coefficient 0, where the
@@ -139,39 +139,13 @@ class EmbeddingBank:
         self.captions[caption_index] = keys["txt_emb"].detach().to(self.captions.dtype)
 
 
-class EpochEmbeddings:
-    """The newest `size` pre-memory embeddings of each modality seen this epoch (momentum keys, or the
-    student's own detached outputs); at the epoch's end they re-cluster the student's memory banks
-    and are dropped, so a checkpoint (written between epochs) needs none of them."""
-
-    def __init__(self, size: int, dim: int, iterations: int, seed: int, device: torch.device | str = "cpu"):
-        self.size, self.dim, self.iterations, self.seed, self.device = size, dim, iterations, seed, device
-        self._reset()
-
-    def _reset(self) -> None:
-        self.images = FifoQueue(self.size, self.dim, 1, self.device)
-        self.captions = FifoQueue(self.size, self.dim, 1, self.device)
-
-    def push(self, keys: dict[str, torch.Tensor], image_index: torch.Tensor, caption_index: torch.Tensor) -> None:
-        self.images.push(keys["img_base"], image_index)
-        self.captions.push(keys["txt_base"], caption_index)
-
-    def refresh(self, model: nn.Module, epoch: int) -> None:
-        """Re-cluster `model.memory` from this epoch's embeddings (a generator seeded per epoch, so
-        every rank and a resumed run draw the same starting centres)."""
-        if self.images.count:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            model.memory.refresh(self.images.contents()[0], self.captions.contents()[0], self.iterations, generator)
-        self._reset()
-
-
 class Memory:
-    """The momentum encoder with the queues and the bank it feeds, and the embeddings the student's
-    memory banks are clustered from; updated after every optimiser step."""
+    """The momentum encoder with the queues and the bank it feeds (and, with `memory_banks`, the
+    student's MEMBER banks); updated after every optimiser step."""
 
     def __init__(self, momentum: MomentumEncoder, queues: PairQueues | None, bank: EmbeddingBank | None,
-                 epoch_embeddings: EpochEmbeddings | None = None):
-        self.momentum, self.queues, self.bank, self.epoch_embeddings = momentum, queues, bank, epoch_embeddings
+                 memory_banks: bool = False):
+        self.momentum, self.queues, self.bank, self.memory_banks = momentum, queues, bank, memory_banks
 
     def keys(self, batch, online: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
         return self.momentum.keys(batch, online, training)
@@ -206,15 +180,9 @@ class Memory:
 
     def update(self, model: nn.Module, keys: dict[str, torch.Tensor], image_index: torch.Tensor,
                caption_index: torch.Tensor) -> None:
+        if self.memory_banks:  # before the momentum update, which copies the banks into the momentum copy
+            model.memory.update(keys["img_base"], keys["txt_base"])
         self.momentum.update(model)
-        for store in (self.queues, self.bank, self.epoch_embeddings):
+        for store in (self.queues, self.bank):
             if store is not None:
                 store.push(keys, image_index, caption_index)
-
-    def end_epoch(self, model: nn.Module, epoch: int) -> None:
-        """Re-cluster the student's memory banks (the momentum copy takes the new banks too)."""
-        if self.epoch_embeddings is None:
-            return
-        self.epoch_embeddings.refresh(model, epoch)
-        if self.momentum.model is not None:
-            self.momentum.model.memory.load_state_dict(model.memory.state_dict())

@@ -27,7 +27,7 @@ from distill.loop import fit
 from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.guide import guide_identity, guide_targets
 from distill.lexical import LexicalLabels
-from distill.memory import EmbeddingBank, EpochEmbeddings, Memory, MomentumEncoder, PairQueues
+from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
 from distill.stages import load_split, topk_identity_for
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.workspace import (RunPaths, feature_dim, new_model, save_model_info, stamp, text_source, up_to_date)
@@ -125,10 +125,10 @@ def _local_context(student: StudentConfig, context: StepContext, paths: RunPaths
 
 
 def _memory(student_cfg: StudentConfig, student: torch.nn.Module, train: CaptionSplit, frozen: Frozen,
-            batch_size: int, seed: int, device: torch.device) -> Memory | None:
-    """The momentum encoder with its queues, for cached KD the bank filled by a first pass, and for
-    memory banks the epoch's embeddings they are clustered from. The momentum copy is kept only for
-    queues and bank; memory banks alone cluster the student's own embeddings."""
+            batch_size: int, device: torch.device) -> Memory | None:
+    """The momentum encoder with its queues, and for cached KD the bank filled by a first pass; with
+    memory banks, the keys that move them. The momentum copy is kept only for queues and bank: memory
+    banks alone follow the student's own (detached) embeddings."""
     momentum, with_bank, banks = student_cfg.momentum, student_cfg.losses.cached_kd.weight > 0, student_cfg.memory_bank
     if momentum.queue_size == 0 and not with_bank and not banks.slots:
         return None
@@ -140,10 +140,8 @@ def _memory(student_cfg: StudentConfig, student: torch.nn.Module, train: Caption
         images, captions = student_encode(student, train, student.image_tower.preprocess(), batch_size, device,
                                           progress=False, frozen=frozen)
         bank = EmbeddingBank(torch.from_numpy(images).to(device), torch.from_numpy(captions).to(device))
-    epoch_embeddings = (EpochEmbeddings(banks.kmeans_points, student_cfg.embed_dim, banks.kmeans_iterations, seed, device)
-                        if banks.slots else None)
     coefficient = momentum.coefficient if queues is not None or bank is not None else 0.0
-    return Memory(MomentumEncoder(student, coefficient), queues, bank, epoch_embeddings)
+    return Memory(MomentumEncoder(student, coefficient), queues, bank, memory_banks=banks.slots > 0)
 
 
 def _frozen_shared(student: torch.nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
@@ -187,7 +185,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     evaluate = lambda m: metrics_for(student_sims(m, val, pre, bs, device, False, frozen_val), val)
     result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
                  lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
-                 context=context, memory=_memory(student_cfg, student, train, frozen, bs, seed, device),
+                 context=context, memory=_memory(student_cfg, student, train, frozen, bs, device),
                  evaluate=evaluate, desc=f"student {out.name}", frozen=frozen, ranks=ranks,
                  identity=sha256_json(key), resume=resume)
     if ranks.is_main:

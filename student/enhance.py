@@ -2,8 +2,9 @@
 stays one matrix product and both encoders still export on their own):
 
 - `CrossModalMemory` (MEMBER, Li et al. 2021): banks of cluster centres of each modality's
-  embeddings; an embedding attends over the other modality's bank and adds what it reads. The banks
-  are buffers, constant at inference, so the exported graphs carry them as initializers.
+  embeddings, kept up to date during training; an embedding attends over the other modality's bank
+  and adds what it reads. The banks are buffers, constant at inference, so the exported graphs
+  carry them as initializers.
 - `SelfGuidedWeights` (USER, Zhang et al. 2023): a global query re-weights a modality's tokens
   before pooling.
 - `hierarchical_concat` (Sun, Qin, Liu 2023): the shipped embedding joins a global and a local space.
@@ -17,37 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def spherical_kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """(k, D) unit-norm centres of the unit-normalised `points` (cosine k-means, Lloyd iterations).
-
-    Written here rather than taken from faiss (an optional dependency of this project) so that it
-    runs on the training device and gives the same centres on every torchrun rank and on a resume:
-    the starting centres are drawn with `generator`, and a centre left without points keeps its place.
-    """
-    points = F.normalize(points.float(), dim=-1)
-    n = len(points)
-    if n == 0:
-        raise ValueError("k-means needs at least one point")
-    start = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(n, (k,), generator=generator)
-    centres = points[start.to(points.device)]
-    for _ in range(iterations):
-        assign = (points @ centres.T).argmax(dim=1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, points)
-        counts = torch.bincount(assign, minlength=k)
-        centres = torch.where(counts[:, None] > 0, F.normalize(sums, dim=-1), centres)
-    return centres
-
-
 class CrossModalMemory(nn.Module):
     """An image bank (read by captions) and a text bank (read by images), `slots` vectors each.
 
-    `enrich(e, bank) = normalise(e + mix * softmax(e · bankᵀ / temperature) · bank)`. Until the first
-    refresh the banks are empty (`filled` = 0) and embeddings pass through unchanged.
+    `enrich(e, bank) = normalise(e + mix * softmax(e · bankᵀ / temperature) · bank)`. The banks are
+    online cluster centres of the training set's embeddings: the first training batch fills them,
+    then every step moves each centre towards the mean of the batch embeddings nearest to it
+    (exponential moving average, `momentum`), as a VQ codebook is kept. So the banks follow the
+    encoder as it trains, and the banks a model is validated and exported with are the ones it was
+    trained with. Until the first update (`filled` = 0) embeddings pass through unchanged.
     """
 
-    def __init__(self, slots: int, dim: int, mix: float, temperature: float):
+    def __init__(self, slots: int, dim: int, mix: float, temperature: float, momentum: float):
         super().__init__()
-        self.mix, self.temperature = mix, temperature
+        self.mix, self.temperature, self.momentum = mix, temperature, momentum
         self.register_buffer("image_bank", torch.zeros(slots, dim))
         self.register_buffer("text_bank", torch.zeros(slots, dim))
         self.register_buffer("filled", torch.zeros(()))
@@ -64,11 +48,21 @@ class CrossModalMemory(nn.Module):
         return self._enrich(emb, self.image_bank)
 
     @torch.no_grad()
-    def refresh(self, images: torch.Tensor, captions: torch.Tensor, iterations: int, generator: torch.Generator) -> None:
-        """Re-cluster the banks from embeddings of the training set (pre-enrichment, any number of rows)."""
-        slots = len(self.image_bank)
-        self.image_bank.copy_(spherical_kmeans(images.to(self.image_bank.device), slots, iterations, generator))
-        self.text_bank.copy_(spherical_kmeans(captions.to(self.text_bank.device), slots, iterations, generator))
+    def _update_bank(self, bank: torch.Tensor, rows: torch.Tensor) -> None:
+        rows = F.normalize(rows.to(bank.dtype), dim=-1)
+        if not self.filled:
+            bank.copy_(rows[torch.arange(len(bank), device=rows.device) % len(rows)])
+            return
+        assign = (rows @ bank.T).argmax(dim=1)
+        means = F.normalize(torch.zeros_like(bank).index_add_(0, assign, rows), dim=-1)
+        moved = F.normalize(self.momentum * bank + (1 - self.momentum) * means, dim=-1)
+        bank.copy_(torch.where(torch.bincount(assign, minlength=len(bank))[:, None] > 0, moved, bank))
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, captions: torch.Tensor) -> None:
+        """One step of the banks from a batch's pre-memory embeddings (no gradient)."""
+        self._update_bank(self.image_bank, images)
+        self._update_bank(self.text_bank, captions)
         self.filled.fill_(1.0)
 
 

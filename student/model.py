@@ -52,7 +52,7 @@ class DualEncoder(TwoTowerModel):
         self.image_weights = SelfGuidedWeights(width, sg) if sg else None
         self.text_weights = SelfGuidedWeights(text_tower.out_dim, sg) if sg else None
         mb = cfg.memory_bank
-        self.memory = CrossModalMemory(mb.slots, cfg.embed_dim, mb.mix, mb.temperature) if mb.slots else None
+        self.memory = CrossModalMemory(mb.slots, cfg.embed_dim, mb.mix, mb.temperature, mb.momentum) if mb.slots else None
         local = cfg.hierarchy.local_dim
         self.image_lex_proj = make_projection(image_in, local, cfg.projection) if local else None
         self.text_lex_proj = make_projection(text_tower.out_dim, local, cfg.projection) if local else None

@@ -34,6 +34,19 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_enhancement_settings_are_checked_with_the_rest():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["student.memory_bank.slots=-1", "student.memory_bank.temperature=0",
+                           "student.self_guided.attention_dim=-2", "student.losses.guided.weight=1",
+                           "student.losses.guided.source=towers", "student.losses.lexical.label_temperature=0"])
+    problems = "\n".join(info.value.problems)
+    for expected in ("student.memory_bank.slots: must be >= 0", "student.memory_bank.temperature: must be > 0",
+                     "student.self_guided.attention_dim: must be >= 0",
+                     "student.losses.guided.text_tower.model: a guide needs a trained sentence-transformers model",
+                     "image_tower: a guide needs trained weights", "student.losses.lexical.label_temperature"):
+        assert expected in problems, problems
+
+
 def test_impossible_values_are_reported_together():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["teacher.train.lr=-1", "eval.folds=0", "student.train.batch_size=1",

@@ -9,10 +9,10 @@ from distill.terms import student_objective
 def test_token_queues_are_kept_only_when_the_alignment_term_reads_them():
     cfg = StudentConfig()
     cfg.momentum.queue_size, cfg.losses.cached_kd.weight, cfg.losses.align.weight = 8, 0.0, 0.1
-    with_align = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
+    with_align = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, "cpu")
     assert with_align.queues.img_tokens is not None and with_align.queues.txt_tokens is not None
     cfg.momentum.queue_terms = ["kd"]
-    kd_only = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
+    kd_only = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, "cpu")
     assert kd_only.queues.img_tokens is None and kd_only.queues.txt_tokens is None
     assert len(kd_only.queues.images.vectors) == 8  # the pair queues stay
 
@@ -50,5 +50,5 @@ def test_user_reads_the_queues_with_its_contrastive_term_unless_a_kept_term_is_c
 def test_memory_banks_alone_keep_no_momentum_copy():
     cfg = StudentConfig()
     cfg.memory_bank.slots, cfg.losses.cached_kd.weight = 4, 0.0
-    memory = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, 0, "cpu")
-    assert memory.momentum.model is None and memory.queues is None and memory.epoch_embeddings is not None
+    memory = _memory(cfg, nn.Linear(2, 2), None, NOT_FROZEN, 4, "cpu")
+    assert memory.momentum.model is None and memory.queues is None and memory.memory_banks

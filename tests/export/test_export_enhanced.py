@@ -19,7 +19,7 @@ def enhanced(tmp_path_factory, text_model_dir, splits):
                          self_guided={"attention_dim": 8})
     torch.nn.init.normal_(student.image_weights.query.weight)  # a trained query, not the uniform start
     torch.nn.init.normal_(student.text_weights.query.weight)
-    student.memory.refresh(torch.randn(40, 32), torch.randn(40, 32), 5, torch.Generator().manual_seed(0))
+    student.memory.update(torch.randn(40, 32), torch.randn(40, 32))
     out = tmp_path_factory.mktemp("enhanced") / "export"
     with torch.no_grad():
         manifest = export(student, out, ExportConfig(variants=["fp32", "optimized"], latency_repeats=2),

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.loading import pair_loader
-from student.enhance import CrossModalMemory, SelfGuidedWeights, hierarchical_concat, masked_mean, spherical_kmeans
+from student.enhance import CrossModalMemory, SelfGuidedWeights, hierarchical_concat, masked_mean
 from tests.conftest import build_tiny
 
 
@@ -15,28 +15,32 @@ def _batch(student, split, size=6):
     return next(iter(loader))
 
 
-def test_kmeans_finds_separated_directions_and_repeats_itself():
-    torch.manual_seed(0)
-    axes = torch.eye(4)[:3]
-    points = torch.cat([a + 0.05 * torch.randn(30, 4) for a in axes])
-    centres = spherical_kmeans(points, 3, 10, torch.Generator().manual_seed(1))
-    assert centres.shape == (3, 4) and torch.allclose(centres.norm(dim=1), torch.ones(3))
-    assert sorted((centres @ axes.T).argmax(dim=1).tolist()) == [0, 1, 2]  # one centre per direction
-    assert (centres @ axes.T).max(dim=1).values.min() > 0.99
-    torch.testing.assert_close(centres, spherical_kmeans(points, 3, 10, torch.Generator().manual_seed(1)))
-    assert spherical_kmeans(points[:2], 5, 3, torch.Generator().manual_seed(0)).shape == (5, 4)  # fewer points than slots
+def test_banks_start_from_the_first_batch_then_follow_their_nearest_embeddings():
+    memory = CrossModalMemory(slots=3, dim=4, mix=0.5, temperature=0.1, momentum=0.9)
+    axes = torch.eye(4)
+    memory.update(axes[:2] * 2, axes[2:] * 3)  # fewer rows than slots: they repeat, normalised
+    assert float(memory.filled) == 1.0
+    torch.testing.assert_close(memory.image_bank, axes[[0, 1, 0]])
+    torch.testing.assert_close(memory.text_bank, axes[[2, 3, 2]])
+    pulled = F.normalize(torch.tensor([[1.0, 0.2, 0, 0], [1.0, -0.2, 0, 0]]), dim=-1)  # both nearest to slot 0
+    before = memory.image_bank.clone()
+    memory.update(pulled, axes[2:3])
+    mean = F.normalize(pulled.sum(0), dim=-1)
+    torch.testing.assert_close(memory.image_bank[0], F.normalize(0.9 * before[0] + 0.1 * mean, dim=-1))
+    torch.testing.assert_close(memory.image_bank[1:], before[1:])  # slots nearest to no row stay
+    torch.testing.assert_close(memory.image_bank.norm(dim=1), torch.ones(3))
 
 
 def test_memory_read_is_the_attention_weighted_bank_and_empty_banks_pass_through():
-    memory = CrossModalMemory(slots=3, dim=4, mix=0.5, temperature=0.1)
+    memory = CrossModalMemory(slots=3, dim=4, mix=0.5, temperature=0.1, momentum=0.9)
     emb = F.normalize(torch.randn(5, 4), dim=-1)
-    torch.testing.assert_close(memory.images(emb), emb)  # before the first refresh
-    memory.refresh(torch.randn(20, 4), torch.randn(20, 4), 5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(memory.images(emb), emb)  # before the first update
+    memory.update(torch.randn(20, 4), torch.randn(20, 4))
     assert memory.image_bank.shape == memory.text_bank.shape == (3, 4) and float(memory.filled) == 1.0
     attention = torch.softmax(emb @ memory.text_bank.T / 0.1, dim=-1)  # (5, slots): each row sums to 1
     expected = F.normalize(emb + 0.5 * attention @ memory.text_bank, dim=-1)
     torch.testing.assert_close(memory.images(emb), expected)
-    same = CrossModalMemory(slots=2, dim=4, mix=1.0, temperature=0.1)
+    same = CrossModalMemory(slots=2, dim=4, mix=1.0, temperature=0.1, momentum=0.9)
     same.text_bank.copy_(torch.tensor([[1.0, 0, 0, 0]] * 2))
     same.filled.fill_(1.0)
     torch.testing.assert_close(same.images(emb), F.normalize(emb + torch.tensor([1.0, 0, 0, 0]), dim=-1))
@@ -46,7 +50,7 @@ def test_memory_banks_are_constant_buffers_at_inference(text_model_dir, splits):
     student = build_tiny("student", text_model_dir, memory_bank={"slots": 6})
     assert {"memory.image_bank", "memory.text_bank", "memory.filled"} <= set(student.state_dict())
     assert not any(name.startswith("memory.") for name, _ in student.named_parameters())
-    student.memory.refresh(torch.randn(40, 32), torch.randn(40, 32), 5, torch.Generator().manual_seed(0))
+    student.memory.update(torch.randn(40, 32), torch.randn(40, 32))
     banks = {k: v.clone() for k, v in student.memory.state_dict().items()}
     batch = _batch(student, splits["train"])
     student.train()
