@@ -23,10 +23,10 @@ from core.io import sha256_file, sha256_json
 from core.schema import to_dict
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
-from distill.loop import fit
-from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.guide import guide_identity, guide_targets
 from distill.lexical import LexicalLabels
+from distill.loop import fit
+from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
 from distill.stages import load_split, topk_identity_for
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
