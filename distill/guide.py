@@ -18,7 +18,7 @@ from core.data.records import CaptionSplit
 from core.io import sha256_file
 from core.towers import build_towers
 from core.towers.frozen import frozen_for, split_outputs
-from core.towers.heads import TwoTowerModel
+from core.towers.heads import TwoTowerModel, set_trainable
 from core.towers.image import TokenOutput
 from distill.workspace import RunPaths, feature_dim, load_model, text_source
 from student.enhance import masked_mean
@@ -69,6 +69,6 @@ def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, b
         return _encode(teacher, split, paths, batch_size, device, lambda side: _teacher_global(teacher, side))
     image, text = build_towers(cfg.image_tower, cfg.text_tower, text_source(paths, cfg.text_tower, split),
                                feature_dim(split), fresh_text=False)
-    for p in [*image.parameters(), *text.parameters()]:  # a guide is frozen, whatever its tower settings say
-        p.requires_grad_(False)
+    for tower in (image, text):  # a guide is frozen, whatever its tower settings say
+        set_trainable(tower, False)
     return _encode(TwoTowerModel(image, text), split, paths, batch_size, device, lambda side: lambda out: out.pooled)

@@ -32,8 +32,9 @@ class LexicalLabels:
         tokenised = [words(c) for c in captions]
         df = Counter(w for ws in tokenised for w in ws)
         n = len(captions)
-        self.vocab = {w: i for i, w in enumerate(sorted(df))}
-        self.idf = np.array([math.log((1 + n) / (1 + df[w])) for w in sorted(df)], dtype=np.float32)
+        vocab = sorted(df)
+        self.vocab = {w: i for i, w in enumerate(vocab)}
+        self.idf = np.array([math.log((1 + n) / (1 + df[w])) for w in vocab], dtype=np.float32)
         self.captions_per_image = captions_per_image
         self.caption_words = [np.array([self.vocab[w] for w in ws], dtype=np.int64) for ws in tokenised]
         self.caption_mass = np.array([self.idf[ids].sum() for ids in self.caption_words], dtype=np.float32)
