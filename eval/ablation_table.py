@@ -12,19 +12,26 @@ COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
 def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per row {variant, label, components, seeds, per_seed, mean, std}: std is the sample std (ddof 1)."""
+    """Per row {variant, label, components, seeds, per_seed, mean, std}: std is the sample std (ddof 1),
+    None with one seed, where there is no spread to compare a change with (`beyond_spread` is then None)."""
     out = []
     for row in rows:
         values = {k: np.array([m[k] for m in row["per_seed"]]) for k in COLUMNS}
-        std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+        std = {k: float(v.std(ddof=1)) if len(v) > 1 else None for k, v in values.items()}
         out.append({**row, "mean": {k: float(v.mean()) for k, v in values.items()}, "std": std})
     base = next((r for r in out if r["variant"] == "baseline"), None)
     for row in out:
         if base is not None and row is not base:
             delta = row["mean"]["rsum"] - base["mean"]["rsum"]
-            spread = max(row["std"]["rsum"], base["std"]["rsum"])
-            row["rsum_vs_contrastive"] = {"delta": delta, "seed_spread": spread, "beyond_spread": abs(delta) > spread}
+            spreads = (row["std"]["rsum"], base["std"]["rsum"])
+            spread = None if None in spreads else max(spreads)
+            row["rsum_vs_contrastive"] = {"delta": delta, "seed_spread": spread,
+                                          "beyond_spread": None if spread is None else abs(delta) > spread}
     return out
+
+
+def _cell(mean: float, std: float | None) -> str:
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -32,10 +39,11 @@ def to_markdown(table: dict[str, Any]) -> str:
     lines = ["## Ablation", "",
              f"Split `{table['split']}` ({table['gallery_images']} images); every row trains with the same budget "
              f"({table['budget']}); mean ± std (sample) over seeds {table['seeds']}. Δ rsum is against the "
-             "contrastive-only row; 'beyond spread' when |Δ| exceeds the larger of the two rows' std.", "",
+             "contrastive-only row; 'beyond spread' when |Δ| exceeds the larger of the two rows' std"
+             + (" (one seed: no spread, so no change is called beyond it)." if len(table["seeds"]) < 2 else "."), "",
              "| Student | terms | " + " | ".join(COLUMNS) + " | Δ rsum |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for row in table["rows"]:
-        cells = [f"{row['mean'][k]:.1f} ± {row['std'][k]:.1f}" for k in COLUMNS]
+        cells = [_cell(row["mean"][k], row["std"][k]) for k in COLUMNS]
         vs = row.get("rsum_vs_contrastive")
         delta = "-" if vs is None else f"{vs['delta']:+.1f}" + (" (beyond spread)" if vs["beyond_spread"] else "")
         lines.append(f"| {row['label']} | {', '.join(row['terms'])} | " + " | ".join(cells) + f" | {delta} |")

@@ -22,3 +22,16 @@ def test_rows_get_mean_sample_std_and_the_change_against_contrastive_only():
                         "skipped": ["selfalign"], "machine": machine_info(), "command": "itr-distill ablate x.yaml"})
     assert "| + in-batch KD | contrastive, kd | 11.2 ± 0.3 |" in text and "+11.0 (beyond spread)" in text
     assert "| + queues | contrastive |" in text and "+1.0 |" in text and "Not trained" in text and "selfalign" in text
+
+
+def test_one_seed_has_no_spread_so_no_change_is_called_beyond_it():
+    rows = summarise_rows([
+        {"variant": "baseline", "label": "contrastive only", "terms": ["contrastive"], "per_seed": [metrics(100)]},
+        {"variant": "kd", "label": "+ in-batch KD", "terms": ["contrastive", "kd"], "per_seed": [metrics(130)]},
+    ])
+    assert rows[0]["std"]["rsum"] is None
+    assert rows[1]["rsum_vs_contrastive"] == {"delta": 30.0, "seed_spread": None, "beyond_spread": None}
+    text = to_markdown({"split": "val", "gallery_images": 16, "seeds": [0], "budget": "2 epochs", "rows": rows,
+                        "skipped": [], "machine": machine_info(), "command": "itr-distill ablate x.yaml"})
+    assert "| + in-batch KD | contrastive, kd | 13.0 | 0.0 |" in text and "| +30.0 |" in text
+    assert "±" not in text.split("| Student")[1] and "beyond spread)" not in text and "one seed: no spread" in text
