@@ -120,7 +120,9 @@ def test_karpathy_garbage_gives_a_split_or_a_value_error_naming_the_file(pool, c
         assert all(p.parent == (pool / "images").resolve() and p.name in GOOD for p in split.image_paths)
 
 
-caption_line = st.text(st.characters(blacklist_characters="\r\n"), min_size=1, max_size=12).filter(str.strip)
+# Lone surrogates (category Cs) cannot be written as UTF-8, so no caption file can hold them.
+caption_line = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+                       min_size=1, max_size=12).filter(str.strip)
 
 
 @settings(max_examples=40, deadline=None)
