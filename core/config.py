@@ -231,12 +231,20 @@ class ScoresConfig:
 
     top_k: int = 0  # candidates per query (student.losses.cached_kd reads them); 0: no top-K cache
     generator: str = "baseline"  # baseline | distilled (the first seed's student) | a student or export directory
-    shard_queries: int = 1024  # queries per part: the unit of resumption and of sharding across torchrun ranks
+    shard_queries: int = 1024  # queries (or items encoded into the token store) per part: the unit of sharding over torchrun ranks
     bf16: bool = True  # bf16 autocast when the teacher scores on a GPU (CPU scoring stays float32)
     max_dense_gib: float = 8.0  # refuse all-pairs caches larger than this
+    # Where in-batch KD gets the teacher's scores of the batch's pairs: `cache` (the all-pairs cache of
+    # the train split), `online` (the frozen teacher scores the gathered batch in the loop, from its
+    # token store), `auto` (the cache when it fits max_dense_gib, online otherwise).
+    kd_source: Literal["auto", "cache", "online"] = "auto"
+    # The token store: the teacher's projected tokens of a split, computed once, memory-mapped; every
+    # scorer (online KD, all-pairs and top-K caches, evaluation) reads it in blocks of block_gib.
+    token_dtype: Literal["float16", "float32"] = "float16"
+    block_gib: float = 0.5  # teacher tokens (as float32) held at once by a scoring block
 
     def problems(self) -> list[str]:
-        return _non_negative(self, "top_k") + _positive(self, "shard_queries", "max_dense_gib")
+        return _non_negative(self, "top_k") + _positive(self, "shard_queries", "max_dense_gib", "block_gib")
 
 
 @dataclass
@@ -602,8 +610,22 @@ class BenchConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """What a run may use; the plan (`itr-distill plan`) refuses a run, before any stage works, whose
+    estimated peak memory of a stage or disk writes exceed them. null: this machine's physical memory
+    (MemTotal) and the free space of the run directory's filesystem."""
+
+    memory_gib: float | None = None
+    disk_gib: float | None = None
+
+    def problems(self) -> list[str]:
+        return [f"{n}: must be > 0 or null, got {getattr(self, n)}" for n in ("memory_gib", "disk_gib")
+                if getattr(self, n) is not None and not getattr(self, n) > 0]
+
+
+@dataclass
 class Config:
-    """A whole run: data, teacher, student, experiment, export, evaluation and benchmark."""
+    """A whole run: data, teacher, student, experiment, export, evaluation, benchmark and limits."""
 
     run_dir: str = "runs/demo"
     seed: int = 0
@@ -616,6 +638,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def problems(self) -> list[str]:
         out = []

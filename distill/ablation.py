@@ -3,7 +3,6 @@ evaluate them on the evaluation split, and write the ablation table (JSON + Mark
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from core.config import STUDENT_VARIANTS, Config, StudentConfig
@@ -11,9 +10,11 @@ from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
 from core.towers.frozen import frozen_for
-from distill.stages import load_split, stage_data, stage_teacher_fit, stage_teacher_score, stage_teacher_topk
-from distill.student_stage import component_on, stage_distill, variant_config
-from distill.terms import uses_teacher
+from distill.plan import kd_teacher_stage
+from distill.stages import (load_split, stage_data, stage_teacher_fit, stage_teacher_score, stage_teacher_tokens,
+                            stage_teacher_topk)
+from distill.student_stage import stage_distill
+from distill.variants import component_on, variant_config
 from distill.workspace import RunPaths, load_model
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.evaluate import metrics_for, student_sims
@@ -49,8 +50,9 @@ def _prerequisites(cfg: Config, force: bool, resume: bool) -> None:
     stage_teacher_fit(cfg, force, resume)
     for seed in cfg.experiment.seeds:
         stage_distill(cfg, "baseline", seed, force, resume)
-    if uses_teacher(cfg.student.losses):
-        stage_teacher_score(cfg, "train", force)
+    kd = kd_teacher_stage(cfg)
+    if kd is not None:
+        (stage_teacher_tokens if kd == "teacher tokens train" else stage_teacher_score)(cfg, "train", force)
     if cfg.scores.top_k > 0:
         stage_teacher_topk(cfg, "train", force)
 

@@ -77,6 +77,14 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--cache", default="all-pairs", choices=["all-pairs", "top-k"],
                        help="all-pairs: every image with every caption; top-k: scores.top_k candidates per query "
                             "from scores.generator")
+    tokens = teacher.add_parser("tokens", help="encode a split into the teacher's token store (read by online KD and "
+                                               "every scorer); shards over torchrun ranks")
+    _add_config_args(tokens)
+    tokens.add_argument("--split", default="train", choices=["train", "val", "test"])
+    plan = sub.add_parser("plan", help="print what every stage of `run` will read, write, hold in memory and score, "
+                                       "and whether it fits the limits (runs nothing)")
+    _add_config_args(plan, config_required=True)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     distill = sub.add_parser("distill", help="train one student")
     _add_config_args(distill)
     _add_resume(distill)
@@ -130,11 +138,20 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         return
     from distill import stages
     from distill.pipeline import run_pipeline
+    from distill.plan import PlanError
 
     if args.command == "report":
         stages.stage_report(args.run_dir, command_line)
         return
     cfg = resolve_config(args)
+    if args.command == "plan":
+        from distill.plan import make_plan
+
+        plan = make_plan(cfg)
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table())
+        if plan.problems:
+            raise PlanError("the plan exceeds its limits (see above)")
+        return
     if args.command in ("run", "demo"):
         run_pipeline(cfg, command_line, args.force, args.resume)
         return
@@ -143,6 +160,8 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         stages.stage_data(cfg, args.force)
     elif args.command == "teacher" and args.teacher_command == "fit":
         stages.stage_teacher_fit(cfg, args.force, args.resume)
+    elif args.command == "teacher" and args.teacher_command == "tokens":
+        stages.stage_teacher_tokens(cfg, args.split, args.force)
     elif args.command == "teacher" and args.cache == "top-k":
         stages.stage_teacher_topk(cfg, args.split, args.force)
     elif args.command == "teacher":
@@ -168,6 +187,10 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rehearse"]:  # the scale rehearsal: generates a set, runs `run` on it, writes its result files
+        from distill.rehearsal import main as rehearse_main
+
+        return rehearse_main(argv[1:])
     if argv[:2] == ["bench", "teacher"]:  # its own options, no run directory
         from eval.teacher_bench import main as teacher_bench_main
 

@@ -8,6 +8,7 @@ every softmax and every hinge, and the diagonal stays the positive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -105,18 +106,21 @@ def candidate_listnet(query_emb: torch.Tensor, candidate_emb: torch.Tensor, teac
     return soft_cross_entropy(teacher_scores.to(student.dtype) / teacher_temperature, student)
 
 
-def calibrated_teacher_temperature(scores: np.ndarray, captions_per_image: int, batch_size: int,
-                                   logit_std: float, seed: int = 0, batches: int = 32) -> tuple[float, float]:
+def calibrated_teacher_temperature(lookup: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n_images: int,
+                                   captions_per_image: int, batch_size: int, logit_std: float, seed: int = 0,
+                                   batches: int = 32) -> tuple[float, float]:
     """(temperature, spread): the temperature at which the teacher's scores of random in-batch
-    pairs have a per-row standard deviation of `logit_std`, and that measured spread."""
+    pairs have a per-row standard deviation of `logit_std`, and that measured spread. `lookup`
+    gives the teacher's scores of (image ids, caption ids), from the cache or online: the same
+    sampled batches give the same temperature either way."""
     rng = np.random.default_rng(seed)
-    n_img = scores.shape[0]
-    size = min(batch_size, n_img)
+    size = min(batch_size, n_images)
     spreads = []
     for _ in range(batches):
-        images = np.sort(rng.choice(n_img, size, replace=False))
+        images = np.sort(rng.choice(n_images, size, replace=False))
         captions = images * captions_per_image + rng.integers(0, captions_per_image, size=size)
-        spreads.append(np.asarray(scores[np.ix_(images, captions)], dtype=np.float64).std(axis=1).mean())
+        scores = lookup(torch.from_numpy(images), torch.from_numpy(captions)).double().cpu().numpy()
+        spreads.append(scores.std(axis=1).mean())
     spread = float(np.mean(spreads))
     if not spread > 1e-8:
         raise ValueError("the teacher's scores do not vary within a batch: nothing to distil")

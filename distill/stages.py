@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import Config, StudentConfig
+from core.config import Config
 from core.data.karpathy import read_karpathy
 from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
@@ -23,8 +23,9 @@ from core.io import read_json, sha256_file, sha256_json, write_json
 from core.schema import to_dict
 from core.ranking import top_k_ids
 from core.seeding import seed_everything
-from core.towers.frozen import frozen_for
+from core.towers.frozen import Frozen, frozen_for
 from distill.first_stage import RUN_STUDENTS, first_stage
+from distill.plan import require
 from distill.loop import fit
 from distill.terms import teacher_objective
 from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
@@ -37,8 +38,9 @@ from eval.rerank import rerank_metrics, with_first_stage
 from eval.metrics import retrieval_metrics
 from export.onnx_export import GateData, export_student
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
-from teacher.scoring import encode_split as teacher_encode
+from teacher.model import ScanTeacher
 from teacher.scoring import candidate_scorer, precision, score_all
+from teacher.tokens import TokenStore, build_token_store, open_token_store, token_identity
 from teacher.topk import build_topk_cache, open_topk_cache, scores_from_dense, topk_identity
 
 log = logging.getLogger("itr_distill")
@@ -79,6 +81,7 @@ def load_split(cfg: Config, which: str) -> CaptionSplit:
 
 def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Generate the synthetic dataset if needed, then read and check all three splits."""
+    require(cfg, "data")
     paths = RunPaths(cfg.run_dir)
     if cfg.data.format == "synthetic":
         root, spec = _synthetic_dir(cfg), to_dict(cfg.data.synthetic)
@@ -108,6 +111,7 @@ def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
 def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) -> Path:
     """Fit the teacher with the VSE++ hinge; keeps the best validation epoch. `resume` continues an
     interrupted fit from its latest checkpoint."""
+    require(cfg, "teacher fit")
     paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = {"data": train.fingerprint(), "teacher": to_dict(cfg.teacher), "seed": cfg.seed}
@@ -137,22 +141,49 @@ def _cache_identity(paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
                           split.n_images, split.n_captions)
 
 
-def _teacher_sides(cfg: Config, paths: RunPaths, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks()):
-    """The teacher and its tokens of the split; rank 0 fills the frozen-tower cache before the others read it."""
-    teacher = load_model(paths.teacher, device)
-    bs = cfg.eval.batch_size
-
-    def encode():
-        return teacher_encode(teacher, split, teacher.image_tower.preprocess(), bs, device, progress=ranks.is_main,
-                              frozen=frozen_for(teacher, split, paths.features, bs, device))
-
-    sides = encode() if ranks.is_main else None
+def frozen_shared(model: torch.nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
+                  ranks: Ranks = Ranks()) -> Frozen:
+    """Frozen-tower outputs; rank 0 computes a missing cache before the other ranks read it."""
+    frozen = frozen_for(model, split, root, batch_size, device) if ranks.is_main else None
     ranks.barrier()
-    return teacher, sides if sides is not None else encode()
+    return frozen if frozen is not None else frozen_for(model, split, root, batch_size, device)
+
+
+def teacher_tokens(cfg: Config, which: str, device: torch.device, ranks: Ranks = Ranks(),
+                   force: bool = False) -> tuple[ScanTeacher, TokenStore]:
+    """The teacher and its token store of a split (teacher/tokens.py), built when missing or made for
+    another teacher or dataset; under torchrun the ranks share the encoding."""
+    paths = RunPaths(cfg.run_dir)
+    split = load_split(cfg, which)
+    identity = token_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+                              split.n_images, split.n_captions, cfg.scores.token_dtype)
+    out = paths.teacher_tokens(which)
+    teacher = load_model(paths.teacher, device)
+    try:
+        if not force:
+            return teacher, open_token_store(out, identity, device)
+    except (OSError, ValueError) as exc:
+        log.info("building the teacher's token store of %s (%s)", which, str(exc).splitlines()[0])
+    bs = cfg.eval.batch_size
+    frozen = frozen_shared(teacher, split, paths.features, bs, device, ranks)
+    build_token_store(teacher, split, out, identity, teacher.image_tower.preprocess(), bs, device, frozen, ranks,
+                      progress=ranks.is_main, block_rows=cfg.scores.shard_queries)
+    log.info("teacher token store of %s: %d images, %d captions in %s", which, split.n_images, split.n_captions, out)
+    return teacher, open_token_store(out, identity, device)
+
+
+def stage_teacher_tokens(cfg: Config, which: str = "train", force: bool = False) -> Path:
+    """Build (or check) the teacher's token store of a split; shards the encoding under torchrun."""
+    require(cfg, f"teacher tokens {which}")
+    device = local_device(resolve_device(cfg.device))
+    teacher_tokens(cfg, which, device, ranks_from_env(), force)
+    return RunPaths(cfg.run_dir).teacher_tokens(which)
 
 
 def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) -> Path:
-    """Score every image-caption pair of a split with the teacher into a score cache."""
+    """Score every image-caption pair of a split with the teacher into a score cache, reading its
+    token store in blocks of scores.block_gib and writing the scores straight into the cache file."""
+    require(cfg, f"teacher score {which}")
     paths = RunPaths(cfg.run_dir)
     split = load_split(cfg, which)
     identity = _cache_identity(paths, split)
@@ -164,14 +195,10 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
             return out
         except ValueError as exc:
             log.info("rescoring: %s", exc)
-    gib = split.n_images * split.n_captions * 4 / 2**30
-    if gib > cfg.scores.max_dense_gib:
-        raise ValueError(f"an all-pairs score cache for split '{which}' needs {gib:.1f} GiB (> scores.max_dense_gib="
-                         f"{cfg.scores.max_dense_gib}); lower data.limit_{which}, raise the limit, or use a top-K cache")
-    teacher, (images, captions) = _teacher_sides(cfg, paths, split, resolve_device(cfg.device))
-    scores = score_all(teacher, images, captions, bf16=cfg.scores.bf16)
-    write_score_cache(out, scores, identity)
-    log.info("scored %d x %d pairs of %s into %s", *scores.shape, which, out)
+    teacher, store = teacher_tokens(cfg, which, resolve_device(cfg.device))
+    write_score_cache(out, identity, lambda scores: score_all(teacher, store.images, store.captions,
+                                                              cfg.scores.block_gib, bf16=cfg.scores.bf16, out=scores))
+    log.info("scored %d x %d pairs of %s into %s", split.n_images, split.n_captions, which, out)
     return out
 
 
@@ -189,6 +216,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
     k = cfg.scores.top_k
     if k <= 0:
         raise ValueError("scores.top_k is 0: set it (e.g. --set scores.top_k=100) to build a top-K cache")
+    require(cfg, f"teacher score {which}-topk")
     paths, ranks = RunPaths(cfg.run_dir), ranks_from_env()
     split = load_split(cfg, which)
     if k > min(split.n_images, split.n_captions):
@@ -214,8 +242,8 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
         scorer = scores_from_dense(open_score_cache(paths.scores(which), _cache_identity(paths, split)))
         log.info("top-%d scores of %s gathered from its all-pairs cache", k, which)
     except (OSError, ValueError):
-        teacher, (images, captions) = _teacher_sides(cfg, paths, split, device, ranks)
-        scorer = candidate_scorer(teacher, images, captions, cfg.scores.bf16)
+        teacher, store = teacher_tokens(cfg, which, device, ranks)
+        scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
     counts = build_topk_cache(out, identity, candidates, scorer, cfg.scores.shard_queries, ranks, progress=ranks.is_main,
                               source={"generator_path": str(generator.directory)}, fresh=force)
     log.info("rank %d of %d: scored %d parts, reused %d; top-%d cache of %s in %s", ranks.rank, ranks.world,
@@ -236,6 +264,7 @@ def _gate_data(cfg: Config, student) -> GateData:
 
 def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool = False) -> Path:
     """Export a student (default: the distilled student of the first seed) to ONNX behind the parity gate."""
+    require(cfg, "export")
     paths = RunPaths(cfg.run_dir)
     student_dir = Path(student_dir) if student_dir else paths.student("distilled", cfg.experiment.seeds[0])
     weights = student_dir / "model.safetensors"
@@ -285,8 +314,9 @@ def _rerank_source(cfg: Config, paths: RunPaths) -> str:
 
 
 def stage_eval(cfg: Config) -> dict[str, Any]:
-    """Metrics of the teacher, every trained student, student top-K re-ranked by the teacher, and the
-    ONNX export on the evaluation split."""
+    """Metrics of the teacher (scored from its token store of the split), every trained student, student
+    top-K re-ranked by the teacher, and the ONNX export on the evaluation split."""
+    require(cfg, "eval")
     paths = RunPaths(cfg.run_dir)
     split = load_split(cfg, cfg.eval.split)
     device = resolve_device(cfg.device)
@@ -294,13 +324,11 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
     systems: list[dict[str, Any]] = []
     scorer = None
     if (paths.teacher / "model.safetensors").is_file():
-        teacher = load_model(paths.teacher, device)
-        images, captions = teacher_encode(teacher, split, teacher.image_tower.preprocess(), bs, device,
-                                          frozen=frozen_for(teacher, split, paths.features, bs, device))
-        sims = score_all(teacher, images, captions, bf16=cfg.scores.bf16)
+        teacher, store = teacher_tokens(cfg, cfg.eval.split, device)
+        sims = score_all(teacher, store.images, store.captions, cfg.scores.block_gib, bf16=cfg.scores.bf16)
         systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": _teacher_label(teacher.cfg),
-                        "metrics": metrics_for(sims, split, folds)})
-        scorer = candidate_scorer(teacher, images, captions, cfg.scores.bf16)
+                        "metrics": metrics_for(sims, split, folds), "token_dtype": cfg.scores.token_dtype})
+        scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
     by_name = {}
     rerank_source = _rerank_source(cfg, paths)
     for student_dir in _student_dirs(cfg):
@@ -342,6 +370,7 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
 
 def stage_bench(cfg: Config) -> dict[str, Any]:
     """Latency of the teacher, the PyTorch student and the ONNX student on this machine."""
+    require(cfg, "bench")
     paths = RunPaths(cfg.run_dir)
     teacher, student = load_model(paths.teacher, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)

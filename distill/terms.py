@@ -1,7 +1,7 @@
 """Named, weighted loss terms and the objective that sums them (teacher fit and student distillation).
 
 Each term reads the model's outputs for the batch and a `StepContext`: the teacher's scores (any
-image ids against any caption ids, from the all-pairs cache), the queues of past pairs, the
+image ids against any caption ids, from the all-pairs cache or the teacher online), the queues of past pairs, the
 embedding bank, the cached top-K lists, the lexical labels and the guide's vectors. A term that
 needs something the run does not provide says so by name.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -21,8 +19,8 @@ from distill.lexical import LexicalLabels
 from distill.losses import Beyond, candidate_listnet, hinge, infonce, listnet, soft_cross_entropy
 from distill.memory import EmbeddingBank, Queued
 from distill.selfalign import concept_alignment, context_alignment
+from teacher.online import TeacherLookup
 
-TeacherLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image ids, caption ids) -> (I, C) scores
 
 
 @dataclass
@@ -265,7 +263,7 @@ class Objective(nn.Module):
 
 
 def uses_teacher(cfg: LossesConfig) -> bool:
-    """Whether the student needs the all-pairs teacher cache (in-batch KD)."""
+    """Whether the student needs the teacher's scores of its batches (in-batch KD)."""
     return cfg.kd.weight > 0
 
 

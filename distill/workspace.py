@@ -8,12 +8,14 @@
   <run_dir>/text_models/scratch-<hash>/    text models trained from scratch (sentence-transformers dirs)
   <run_dir>/features/<key>/                cached outputs of frozen towers (tokens.npy, mask.npy, pooled.npy)
   <run_dir>/teacher/                       model.json, model.safetensors, training.json, train_log.jsonl, checkpoints/
+  <run_dir>/teacher_tokens/<split>/        the teacher's token store (teacher/tokens.py), read by every scorer
   <run_dir>/scores/<split>/                all-pairs teacher score cache (manifest.json, scores.npy)
   <run_dir>/scores/<split>-topk/           top-K teacher score cache (teacher/topk.py); <...>.partial/ while unfinished
   <run_dir>/students/<variant>-seed<k>/    like teacher/
   <run_dir>/export/                        image_encoder.onnx, text_encoder.onnx, tokenizer/, manifest.json
   <run_dir>/eval/results.json              metrics of every system
   <run_dir>/bench/latency.json             latency rows and the machine
+  <run_dir>/stages.json                    each stage of the last `run`: wall time, peak memory, disk written, teacher pairs
   <run_dir>/report.md, report.json
 
 Every stage output directory carries `stage.json`: a hash of what it was made from, so `run`
@@ -60,9 +62,13 @@ class RunPaths:
     features = property(lambda self: self.root / "features")
     eval_results = property(lambda self: self.root / "eval" / "results.json")
     bench = property(lambda self: self.root / "bench" / "latency.json")
+    stage_log = property(lambda self: self.root / "stages.json")
 
     def scores(self, split: str) -> Path:
         return self.root / "scores" / split
+
+    def teacher_tokens(self, split: str) -> Path:
+        return self.root / "teacher_tokens" / split
 
     def topk_scores(self, split: str) -> Path:
         return self.root / "scores" / f"{split}-topk"

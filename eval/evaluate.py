@@ -41,8 +41,10 @@ def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, variant: st
 
 def onnx_gallery(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarray:
     """Image embeddings of a split by an exported student (`export.runtime.OnnxStudent`)."""
-    if split.features is not None:
-        return runtime.encode_regions(np.asarray(split.features, dtype=np.float32), batch_size)
+    if split.features is not None:  # in blocks: the features may be memory-mapped files larger than memory
+        feats = split.features
+        return np.concatenate([runtime.encode_regions(np.asarray(feats[s:s + batch_size], dtype=np.float32), batch_size)
+                               for s in range(0, len(feats), batch_size)])
     return runtime.encode_image_files(split.image_paths, batch_size)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,16 +38,20 @@ def cache_identity(teacher_sha256: str, dataset_fingerprint: str, split: str, n_
     }
 
 
-def write_score_cache(directory: str | Path, scores: np.ndarray, identity: dict[str, Any]) -> Path:
-    """Write scores and manifest into `directory` atomically (an old cache stays until the new one is whole)."""
-    scores = np.asarray(scores, dtype=np.float32)
-    if list(scores.shape) != identity["shape"]:
-        raise ValueError(f"scores have shape {scores.shape}, manifest says {identity['shape']}")
-    if not np.isfinite(scores).all():
-        raise ValueError("refusing to cache teacher scores that contain NaN or Inf")
+def write_score_cache(directory: str | Path, identity: dict[str, Any], fill: Callable[[np.ndarray], Any],
+                      check_rows: int = 4096) -> Path:
+    """Create the scores as a memory-mapped file of the manifest's shape, let `fill` write them (in
+    blocks: the matrix never has to fit in memory), check them in blocks of rows, and move the cache
+    into place with its manifest atomically (an old cache stays until the new one is whole)."""
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
-        np.save(tmp / SCORES, scores)
+        scores = np.lib.format.open_memmap(tmp / SCORES, "w+", np.float32, tuple(identity["shape"]))
+        fill(scores)
+        for start in range(0, len(scores), check_rows):
+            if not np.isfinite(scores[start:start + check_rows]).all():
+                raise ValueError("refusing to cache teacher scores that contain NaN or Inf")
+        scores.flush()
+        del scores
         write_json(tmp / MANIFEST, {**identity, "dtype": "float32",
                                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
     return directory

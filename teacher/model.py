@@ -13,6 +13,17 @@ from core.towers.image import TokenOutput
 from teacher.matching import Matcher
 
 
+class PairCounter:
+    """How many image-caption pairs the teachers of this process have scored (training included):
+    what a run's stage record reports as the teacher's work."""
+
+    count = 0
+
+    @classmethod
+    def add(cls, pairs: int) -> None:
+        cls.count += int(pairs)
+
+
 @dataclass
 class EncodedSide:
     """L2-normalised tokens and mask of a set of images or captions, plus an optional global vector."""
@@ -62,6 +73,7 @@ class ScanTeacher(TwoTowerModel):
     def score(self, images: EncodedSide, captions: EncodedSide) -> torch.Tensor:
         """Similarity of every image with every caption: (n_img, n_cap)."""
         sims = self.matcher.all_pairs(images.tokens, images.mask, captions.tokens, captions.mask)
+        PairCounter.add(sims.numel())
         if self.cfg.global_weight > 0:
             sims = sims + self.cfg.global_weight * images.pooled @ captions.pooled.T
         return sims
@@ -77,6 +89,7 @@ class ScanTeacher(TwoTowerModel):
         else:
             raise ValueError(f"query must be 'text' or 'image', got {query!r}")
         sims = self.matcher.pairs(img.tokens, img.mask, cap.tokens, cap.mask)
+        PairCounter.add(sims.numel())
         if self.cfg.global_weight > 0:
             sims = sims + self.cfg.global_weight * (img.pooled * cap.pooled).sum(-1)
         return sims

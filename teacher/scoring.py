@@ -11,6 +11,7 @@ from core.data.records import CaptionSplit
 from core.progress import progress as bar
 from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
 from teacher.model import EncodedSide, ScanTeacher
+from teacher.tokens import StoredSide
 
 
 def _pad_cat(sides: list[EncodedSide]) -> EncodedSide:
@@ -41,29 +42,59 @@ def precision(device: torch.device, bf16: bool) -> str:
     return "bf16-autocast" if bf16 and device.type == "cuda" else "float32"
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
     if precision(device, bf16) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
+def _device(side: EncodedSide | StoredSide) -> torch.device:
+    return side.device if isinstance(side, StoredSide) else side.tokens.device
+
+
+def _row_bytes(side: EncodedSide | StoredSide) -> int:
+    """float32 bytes of one item's tokens as a scoring block holds them."""
+    return int(side.tokens.shape[1]) * int(side.tokens.shape[2]) * 4
+
+
+def block_rows(images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide, block_gib: float) -> tuple[int, int]:
+    """(images, captions) per scoring block: each side's tokens take half of `block_gib`."""
+    half = block_gib * 2**30 / 2
+    return (max(1, min(len(images.tokens), int(half // _row_bytes(images)))),
+            max(1, min(len(captions.tokens), int(half // _row_bytes(captions)))))
+
+
 @torch.no_grad()
-def score_all(teacher: ScanTeacher, images: EncodedSide, captions: EncodedSide, block: int = 256,
-              progress: bool = True, bf16: bool = False) -> np.ndarray:
-    """(n_img, n_cap) float32 teacher scores, computed in blocks of images (progress per block)."""
-    out = np.empty((images.tokens.shape[0], captions.tokens.shape[0]), dtype=np.float32)
-    with _autocast(images.tokens.device, bf16):
-        for start in bar(range(0, len(out), block), "teacher scoring", progress):
-            out[start:start + block] = teacher.score(images[start:start + block], captions).float().cpu().numpy()
+def score_all(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+              block_gib: float = 0.5, progress: bool = True, bf16: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+    """(n_img, n_cap) float32 teacher scores of every pair, into `out` (e.g. a memory-mapped file) or a new array.
+
+    Tokens are read in blocks of at most `block_gib` (a block of captions, then every block of images
+    against it), so memory does not grow with the split; every block is checked to be finite as it is
+    written, so no second array of the matrix's shape is needed for the check."""
+    n_img, n_cap = len(images.tokens), len(captions.tokens)
+    out = np.empty((n_img, n_cap), dtype=np.float32) if out is None else out
+    img_rows, cap_rows = block_rows(images, captions, block_gib)
+    blocks = [(c, i) for c in range(0, n_cap, cap_rows) for i in range(0, n_img, img_rows)]
+    with precision_context(_device(images), bf16):
+        caption_block, held = None, -1
+        for c, i in bar(blocks, "teacher scoring", progress):
+            if c != held:
+                caption_block, held = captions[c:c + cap_rows], c
+            scores = teacher.score(images[i:i + img_rows], caption_block).float().cpu().numpy()
+            if not np.isfinite(scores).all():
+                raise FloatingPointError(f"teacher scores of images {i}.. x captions {c}.. are not all finite")
+            out[i:i + img_rows, c:c + cap_rows] = scores
     return out
 
 
-def candidate_scorer(teacher: ScanTeacher, images: EncodedSide, captions: EncodedSide, bf16: bool = False,
-                     max_elements: int = 1 << 24):
+def candidate_scorer(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+                     bf16: bool = False, max_elements: int = 1 << 24):
     """A function (direction, query ids, candidate ids) -> (Q, K) float32 teacher scores; direction
     't2i' queries captions against candidate images, 'i2t' images against candidate captions.
-    Queries are taken in groups whose gathered tokens stay within `max_elements` numbers."""
-    device = images.tokens.device
+    Queries are taken in groups whose gathered tokens stay within `max_elements` numbers, so a token
+    store is read a group at a time."""
+    device = _device(images)
     per_candidate = (images.tokens.shape[1] + captions.tokens.shape[1]) * images.tokens.shape[2]
 
     @torch.no_grad()
@@ -71,7 +102,7 @@ def candidate_scorer(teacher: ScanTeacher, images: EncodedSide, captions: Encode
         query = {"t2i": "text", "i2t": "image"}[direction]
         step = max(1, max_elements // (per_candidate * max(1, candidates.shape[1])))
         out = []
-        with _autocast(device, bf16):
+        with precision_context(device, bf16):
             for s in range(0, len(queries), step):
                 q = torch.as_tensor(queries[s:s + step], device=device)
                 c = torch.as_tensor(np.array(candidates[s:s + step]), device=device)

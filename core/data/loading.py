@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from core.data.batching import LexicalBatches
 from core.data.images import ImagePreprocess, load_image
@@ -169,22 +169,24 @@ class ShardedBatches:
 
 
 def image_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
-                 num_workers: int = 0) -> DataLoader:
-    """All images of a split, in order."""
+                 num_workers: int = 0, rows: range | None = None) -> DataLoader:
+    """The images of a split (`rows` of them, default all), in order."""
 
     def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
         images, idx = zip(*items)
         pixels, mask = _stack_images(list(images))
         return Batch(images=pixels, image_mask=mask, image_index=torch.tensor(idx))
 
-    return DataLoader(ImageGallery(split, preprocess), batch_size=batch_size, shuffle=False,
-                      collate_fn=collate, num_workers=num_workers)
+    gallery = ImageGallery(split, preprocess)
+    dataset = gallery if rows is None else Subset(gallery, list(rows))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
-def caption_batches(split: CaptionSplit, tokenize: Tokenize, batch_size: int):
-    """All captions of a split, in order, as tokenised batches."""
-    for start in range(0, split.n_captions, batch_size):
-        texts = list(split.captions[start:start + batch_size])
-        tokens = tokenize(texts)
+def caption_batches(split: CaptionSplit, tokenize: Tokenize, batch_size: int, rows: range | None = None):
+    """The captions of a split (`rows` of them, default all), in order, as tokenised batches."""
+    rows = range(split.n_captions) if rows is None else rows
+    for start in range(rows.start, rows.stop, batch_size):
+        stop = min(rows.stop, start + batch_size)
+        tokens = tokenize(list(split.captions[start:stop]))
         yield Batch(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                    caption_index=torch.arange(start, start + len(texts)))
+                    caption_index=torch.arange(start, stop))

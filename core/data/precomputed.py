@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.records import CaptionSplit
+from core.data.rows import ConcatenatedRows
 from core.data.validate import CheckRunner, check_files
 from core.io import read_npy
 
@@ -65,7 +66,10 @@ def read_precomputed(
     features_dir: str | Path, split_names: list[str], name: str, captions_per_image: int = 5,
     run_checks: CheckRunner = check_files,
 ) -> CaptionSplit:
-    """Load the listed splits that exist in `features_dir` (memory-mapped when there is only one).
+    """Load the listed splits that exist in `features_dir`, memory-mapped, in the order listed.
+
+    Several splits (COCO's train + restval) are read as one `ConcatenatedRows` view of their
+    files, never concatenated in memory.
 
     Wrong shapes, NaN/Inf features and empty or non-UTF-8 caption lines are errors naming the
     file; `run_checks` applies the finiteness check (the stages pass a cache).
@@ -79,7 +83,7 @@ def read_precomputed(
     if len(dims) != 1:
         raise ValueError(f"{features_dir}: splits {present} have different feature shapes "
                          f"(regions, dim) {sorted(dims)}")
-    feats = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+    feats = parts[0][0] if len(parts) == 1 else ConcatenatedRows([p[0] for p in parts])
     return CaptionSplit(
         name=name,
         source=str(features_dir),

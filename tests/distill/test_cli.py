@@ -65,6 +65,25 @@ def test_bench_writes_matrix_scaling_and_figures(finished_run):
         assert text in report, text
 
 
+def test_each_stage_is_recorded_beside_its_plan(finished_run):
+    """Before the rerun below, which records the stages it skips."""
+    from distill.rehearsal import markdown, summarise
+
+    config, run = finished_run
+    result = summarise(config, run, None)
+    stages = {r["stage"]: r for r in result["stages"]}
+    assert list(stages)[:3] == ["data", "teacher fit", "distill baseline seed 0"] and list(stages)[-1] == "bench"
+    assert "teacher score train" in stages and "distill distilled seed 1" in stages
+    for name in ("teacher fit", "teacher score train", "distill distilled seed 0", "eval"):  # the plan counts exactly
+        assert stages[name]["teacher_pairs"] == stages[name]["plan_teacher_pairs"], name
+    assert stages["distill distilled seed 0"]["teacher_pairs"] == 0  # its KD reads the all-pairs cache
+    assert min(stages[n]["teacher_pairs"] for n in ("teacher fit", "teacher score train", "eval")) > 0
+    fit = stages["teacher fit"]
+    assert fit["peak_rss_bytes"] >= fit["peak_anon_bytes"] >= fit["start_anon_bytes"] > 0 and fit["seconds"] > 0
+    assert stages["teacher score train"]["written_bytes"] >= 48 * 240 * 4  # the all-pairs cache went to disk
+    assert "| teacher fit |" in markdown(result)
+
+
 def test_rerun_skips_up_to_date_stages(finished_run, caplog):
     config, run = finished_run
     before = (run / "teacher" / "model.safetensors").stat().st_mtime_ns

@@ -65,3 +65,22 @@ def test_two_processes_resume_each_with_its_own_generators(run):
     _torchrun(run, "--resume")
     resumed = load_file(str(student / "model.safetensors"))
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_two_processes_with_the_online_teacher_train_the_one_process_student(run):
+    """In-batch KD online: each rank scores its rows of the global batch and the rows are gathered; the
+    token store is encoded by both ranks, each its share of the blocks, into the same files."""
+    import numpy as np
+
+    student, store = run / "students" / "distilled-seed0", run / "teacher_tokens" / "train"
+    online = ["--set", "scores.kd_source=online", "--set", "scores.shard_queries=16"]  # blocks of 16: both ranks encode
+    assert main(["distill", "--run-dir", str(run), "--force", *online]) == 0
+    single = {k: v.clone() for k, v in load_file(str(student / "model.safetensors")).items()}
+    one_process_store = {p.name: np.load(p) for p in store.glob("*.npy")}
+    shutil.rmtree(store)
+    _torchrun(run, "--force", *online)
+    for name, array in one_process_store.items():
+        np.testing.assert_allclose(np.load(store / name), array, atol=1e-3, err_msg=name)
+    double = load_file(str(student / "model.safetensors"))
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], atol=TOLERANCE, rtol=0, msg=name)

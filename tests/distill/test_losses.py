@@ -129,15 +129,16 @@ def test_calibrated_temperature_gives_the_target_logit_spread():
     import numpy as np
 
     from distill.losses import calibrated_teacher_temperature
+    from teacher.online import dense_lookup
 
     rng = np.random.default_rng(0)
     scores = 1.0 + 0.03 * rng.normal(size=(200, 1000))
-    tau, spread = calibrated_teacher_temperature(scores, 5, 64, logit_std=6.0)
+    tau, spread = calibrated_teacher_temperature(dense_lookup(scores), 200, 5, 64, logit_std=6.0)
     assert spread == pytest.approx(0.03, rel=0.05) and tau == pytest.approx(spread / 6.0)
-    tau10, _ = calibrated_teacher_temperature(scores * 10, 5, 64, logit_std=6.0)
+    tau10, _ = calibrated_teacher_temperature(dense_lookup(scores * 10), 200, 5, 64, logit_std=6.0)
     assert tau10 == pytest.approx(10 * tau, rel=1e-6)  # scale-free: 10x the spread, 10x the temperature
     with pytest.raises(ValueError, match="do not vary"):
-        calibrated_teacher_temperature(np.ones((20, 100)), 5, 8, 6.0)
+        calibrated_teacher_temperature(dense_lookup(np.ones((20, 100))), 20, 5, 8, 6.0)
 
 
 def test_queued_candidates_extend_infonce_and_listnet_as_extra_columns():

@@ -2,7 +2,8 @@ from torch import nn
 
 from core.config import Config, StudentConfig
 from core.towers.frozen import NOT_FROZEN
-from distill.student_stage import _memory, component_on, variant_config
+from distill.student_stage import _memory
+from distill.variants import component_on, variant_config
 from distill.terms import student_objective
 
 

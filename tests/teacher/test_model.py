@@ -16,7 +16,8 @@ def test_split_scores_equal_batch_scores(tiny_teacher, splits):
     split = splits["val"]
     images, captions = encode_split(tiny_teacher, split, tiny_teacher.image_tower.preprocess(), 5, torch.device("cpu"), False)
     assert images.tokens.shape[0] == 16 and captions.tokens.shape[0] == 80
-    scores = score_all(tiny_teacher, images, captions, block=3, progress=False)
+    blocks_of_3 = 3 * 2 * images.tokens[0].numel() * 4 / 2**30  # three images (and fewer captions) per block
+    scores = score_all(tiny_teacher, images, captions, block_gib=blocks_of_3, progress=False)
     assert scores.shape == (16, 80)
     # captions encoded one at a time (no padding from other captions) give the same scores
     tokens = tiny_teacher.tokenize([split.captions[7]])

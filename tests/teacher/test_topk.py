@@ -111,9 +111,10 @@ def test_ranks_split_the_parts_and_the_main_rank_merges(job):
 def test_top_k_ids_are_the_best_first():
     rng = np.random.default_rng(1)
     queries, gallery = rng.normal(size=(9, 5)), rng.normal(size=(30, 5))
-    ids, scores = top_k_ids(queries, gallery, 6, block=4)
     full = queries @ gallery.T
-    np.testing.assert_array_equal(ids, np.argsort(-full, axis=1)[:, :6])
-    np.testing.assert_allclose(scores, np.take_along_axis(full, ids, 1), rtol=1e-5)
+    for gallery_block in (30, 7, 4):  # the gallery whole, in blocks, in blocks smaller than k
+        ids, scores = top_k_ids(queries, gallery, 6, block=4, gallery_block=gallery_block)
+        np.testing.assert_array_equal(ids, np.argsort(-full, axis=1)[:, :6])
+        np.testing.assert_allclose(scores, np.take_along_axis(full, ids, 1), rtol=1e-5)
     with pytest.raises(ValueError, match="gallery size"):
         top_k_ids(queries, gallery, 31)
