@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from core.config import Config, StudentConfig, TeacherConfig
+from core.data.batching import NEIGHBOUR_BLOCK_BYTES
 from core.paths import resolve_path
 from distill.terms import uses_teacher
 from distill.variants import variant_config
@@ -30,6 +31,9 @@ LIBRARIES = int(0.6 * GIB)  # a stage process with torch, transformers, timm and
 CAPTION_BYTES = 160  # a caption as a Python str in the split's tuple, with its share of the tuple
 SAVED_PER_LOGIT = 6  # float32 tensors of the shape of the cross attention's logits kept for the backward pass
 BOW_DIM = 2048  # core.data.batching.hashed_bow
+# A training stage's working set beyond the parts counted (batches, tokeniser, autograd buffers, allocator
+# slack): the growth measured in the rehearsal's student stages at 3,000 and 12,000 images, less those parts.
+TRAINING_WORKSPACE = int(0.25 * GIB)
 CALIBRATION_BATCHES = 32  # distill.losses.calibrated_teacher_temperature's sampled batches
 
 
@@ -83,7 +87,7 @@ class Plan:
         lines += ["", f"disk written in all: {_size(sum(s.disk_bytes for s in self.stages))} (limit {_size(self.disk_limit)}, "
                   f"{self.disk_where}); peak memory limit {_size(self.memory_limit)}; in-batch KD's teacher scores: "
                   f"{self.kd_source or 'not used'}"]
-        return "\n".join(lines + [f"REFUSED: {p}" for p in self.problems] or ["the plan fits its limits"])
+        return "\n".join(lines + ([f"REFUSED: {p}" for p in self.problems] or ["the plan fits its limits"]))
 
 
 def _size(n: float) -> str:
@@ -212,6 +216,8 @@ def _training(stage: StagePlan, model_cfg: TeacherConfig | StudentConfig, size: 
     t, b = model_cfg.train, model_cfg.train.batch_size
     words = model_cfg.text_tower.max_length
     stage.memory["model and AdamW state"] = 16 * size.trainable + 4 * size.frozen
+    stage.memory["training workspace"] = TRAINING_WORKSPACE
+    stage.knobs["training workspace"] = "train.batch_size"
     stage.knobs["model and AdamW state"] = "the towers' size or freeze"
     if teacher:
         stage.memory["saved cross-attention activations"] = SAVED_PER_LOGIT * b * b * words * size.image_tokens * 4
@@ -221,7 +227,7 @@ def _training(stage: StagePlan, model_cfg: TeacherConfig | StudentConfig, size: 
         stage.memory["image tower activations"] = b * 3 * image * image * 4 * 40
         stage.knobs["image tower activations"] = "train.batch_size or image_tower.freeze"
     if t.batching == "lexical":
-        stage.memory["lexical batching tables"] = 2 * train.images * BOW_DIM * 4 + train.images * 4 * 8
+        stage.memory["lexical batching tables"] = train.images * (BOW_DIM * 4 + t.group_size * 8) + NEIGHBOUR_BLOCK_BYTES
         stage.knobs["lexical batching tables"] = "train.batching: random"
     stage.memory["captions"] = (train.captions + val.captions) * CAPTION_BYTES
     stage.knobs["captions"] = "data.limit_train"

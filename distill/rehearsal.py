@@ -33,8 +33,9 @@ from distill.workspace import RunPaths
 from teacher.online import OnlineTeacher
 
 FLICKR30K = (29_000, 1_014, 1_000)
-COCO = SplitShape(113_287, 566_435)  # train + restval; COCO's 5K test for evaluation
-COCO_TEST = SplitShape(5_000, 25_000)
+COCO = SplitShape(113_287, 566_435)  # train + restval
+COCO_VAL = SplitShape(1_000, 5_000)  # validation on 1K images, as for Flickr30K (data.limit_val)
+COCO_TEST = SplitShape(5_000, 25_000)  # evaluation on the 5K test set
 SCRATCH_TEXT = {"model": "scratch", "max_length": 32,
                 "scratch": {"vocab_size": 1000, "hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 256}}
 
@@ -77,10 +78,9 @@ def summarise(config_path: Path, run_dir: Path, wall_s: float | None) -> dict[st
     cfg = load_config(config_path)
     measured = read_json(run_dir / "stages.json")
     plan = {s.name: s for s in make_plan(cfg).stages}
-    coco_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, folds=1))
     here = split_shapes(cfg)
-    there = {"train": COCO, "val": COCO_TEST, "test": COCO_TEST}
-    coco = {s.name: s for s in make_plan(coco_cfg, shapes=there).stages}
+    there = {"train": COCO, "val": COCO_VAL, "test": COCO_TEST}
+    coco = {s.name: s for s in make_plan(cfg, shapes=there).stages}
     rows = []
     for record in measured["stages"]:
         key = _stage_key(record["stage"])
@@ -100,7 +100,7 @@ def summarise(config_path: Path, run_dir: Path, wall_s: float | None) -> dict[st
     return {"machine": measured["machine"], "config": str(config_path), "run_dir": str(run_dir), "wall_s": round(wall_s, 1),
             "timed": timed,
             "shape": {"train": FLICKR30K[0], "val": FLICKR30K[1], "test": FLICKR30K[2]}, "stages": rows,
-            "coco": {"train": dataclasses.asdict(COCO), "test": dataclasses.asdict(COCO_TEST)}}
+            "coco": {name: dataclasses.asdict(shape) for name, shape in there.items()}}
 
 
 @torch.no_grad()
@@ -153,8 +153,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{_gib(r['plan_peak_bytes'])} | {_gib(r['written_bytes'])} | {r['teacher_pairs'] or 0:.3g} | "
                      f"{_gib(r['coco_plan_peak_bytes'])} | {_gib(r['coco_projected_peak_anon_bytes'])} | "
                      f"{r['coco_teacher_pairs'] or 0:.3g} | {r['coco_projected_seconds']:.0f} |")
-    lines += ["", "COCO: train + restval (113,287 images, 566,435 captions), its 5K test set for validation and evaluation "
-              "(folds 1). Projected peak anon = the peak measured here + the growth the plan estimates; projected seconds = "
+    lines += ["", "COCO: train + restval (113,287 images, 566,435 captions), validation on 1K images, evaluation on the 5K "
+              "test set (folds 1). Projected peak anon = the peak measured here + the growth the plan estimates; projected seconds = "
               "the seconds here x the growth of the stage's work (training captions, items encoded, or teacher pairs)."]
     o = result.get("online_sources")
     if o:

@@ -29,10 +29,15 @@ def hashed_bow(texts_per_item: Sequence[Sequence[str]], dim: int = 2048) -> np.n
     return out / np.maximum(norms, 1e-12)
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """(n, k) indices of each row's k most similar other rows (cosine), computed in blocks."""
+NEIGHBOUR_BLOCK_BYTES = 256 << 20  # a block of similarities with what is derived from it (16 bytes an entry)
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int, block_bytes: int = NEIGHBOUR_BLOCK_BYTES) -> np.ndarray:
+    """(n, k) indices of each row's k most similar other rows (cosine), computed in blocks of rows
+    sized so that a block's similarities take `block_bytes` whatever n (COCO: 141 rows of 113K)."""
     n = len(vectors)
     k = min(k, n - 1)
+    block = max(1, block_bytes // (16 * max(1, n)))
     out = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, block):
         sims = vectors[start:start + block] @ vectors.T

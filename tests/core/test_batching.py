@@ -26,3 +26,9 @@ def test_sampler_batches_and_determinism():
     batches = list(a)
     assert len(batches) == len(a) == 5 and all(len(x) == 8 for x in batches)
     assert batches == list(b)
+
+
+def test_neighbours_in_blocks_of_a_few_rows_equal_one_block():
+    vectors = hashed_bow([[f"word{i % 7} thing{i % 5} item{i}"] for i in range(50)])
+    whole = nearest_neighbours(vectors, 3, block_bytes=1 << 30)
+    np.testing.assert_array_equal(nearest_neighbours(vectors, 3, block_bytes=16 * 50 * 3), whole)  # 3 rows a block

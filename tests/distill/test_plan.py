@@ -1,0 +1,63 @@
+"""The plan: shapes from headers only, the KD source, what it refuses and why."""
+import json
+
+import numpy as np
+import pytest
+
+from core.config import load_config
+from distill.plan import GIB, SplitShape, kd_source, make_plan, split_shapes
+from distill.rehearsal import COCO, COCO_TEST, COCO_VAL, rehearsal_config
+
+
+def _features(root, name, images, regions=4, dim=8, lines_per_image=5):
+    np.save(root / f"{name}_ims.npy", np.zeros((images, regions, dim), dtype=np.float32))
+    (root / f"{name}_caps.txt").write_text("".join(f"caption {i}\n" for i in range(images * lines_per_image)))
+
+
+def test_shapes_come_from_headers_with_several_files_and_limits(tmp_path):
+    for name, n in (("train", 6), ("restval", 4), ("dev", 3), ("test", 2)):
+        _features(tmp_path, name, n)
+    np.save(tmp_path / "test_ims.npy", np.zeros((10, 4, 8), dtype=np.float32))  # one row per caption (some releases)
+    cfg = load_config(None, ["data.format=precomputed", f"data.path={tmp_path}", "data.splits.val=[dev]",
+                             "data.limit_val=2"])
+    shapes = split_shapes(cfg)
+    assert shapes == {"train": SplitShape(10, 50), "val": SplitShape(2, 10), "test": SplitShape(2, 10)}
+
+
+def test_karpathy_shapes_count_the_json_entries(tmp_path):
+    images = [{"filename": f"{i}.jpg", "split": s, "sentences": []} for i, s in enumerate(["train"] * 3 + ["restval", "val"])]
+    (tmp_path / "d.json").write_text(json.dumps({"images": images}))
+    cfg = load_config(None, ["data.format=karpathy", f"data.path={tmp_path / 'd.json'}", f"data.image_root={tmp_path}"])
+    assert split_shapes(cfg)["train"] == SplitShape(4, 20) and split_shapes(cfg)["test"] == SplitShape(0, 0)
+
+
+def test_auto_takes_the_cache_only_where_it_fits():
+    cfg = load_config(None, ["scores.max_dense_gib=1"])
+    fits = int(GIB / 4 / 1000)
+    assert kd_source(cfg, 1000, fits) == "cache" and kd_source(cfg, 1000, fits + 1) == "online"
+    assert kd_source(load_config(None, ["scores.kd_source=online"]), 10, 10) == "online"
+
+
+@pytest.fixture()
+def features_config(tmp_path):
+    for name, n in (("train", 20), ("val", 4), ("test", 4)):
+        _features(tmp_path, name, n, regions=36, dim=2048)
+    raw = rehearsal_config(tmp_path, tmp_path / "run")
+    overrides = [f"{k}={json.dumps(v)}" for k, v in raw.items() if k != "run_dir"] + [f"run_dir={tmp_path / 'run'}"]
+    return load_config(None, overrides)
+
+
+def test_at_coco_size_no_stage_needs_8_gib_and_kd_goes_online(features_config):
+    plan = make_plan(features_config, shapes={"train": COCO, "val": COCO_VAL, "test": COCO_TEST})
+    assert plan.kd_source == "online" and "teacher tokens train" in [s.name for s in plan.stages]
+    assert "teacher score train" not in [s.name for s in plan.stages]
+    assert max(s.peak_bytes for s in plan.stages) < 8 * GIB
+    distilled = next(s for s in plan.stages if s.name == "distill distilled")
+    assert distilled.teacher_pairs < 1e8  # B x B per step, not the 6.4e10 pairs of the all-pairs cache
+
+
+def test_a_run_writing_more_than_the_disk_limit_is_refused_naming_the_largest_writer(features_config):
+    features_config.limits.disk_gib = 1e-3
+    plan = make_plan(features_config, shapes={"train": COCO, "val": COCO_VAL, "test": COCO_TEST})
+    assert len(plan.problems) == 1 and "limits.disk_gib" in plan.problems[0]
+    assert "teacher tokens train" in plan.problems[0] and "REFUSED" in plan.table()
