@@ -112,7 +112,7 @@ def online_sources(config_path: Path, batches: int = 10, batch_size: int = 128, 
     cfg = load_config(config_path)
     paths = RunPaths(cfg.run_dir)
     train = load_split(cfg, "train")
-    teacher, store = teacher_tokens(cfg, "train", torch.device("cpu"))
+    teacher, store = teacher_tokens(cfg, "train", train, torch.device("cpu"))
     online = OnlineTeacher(teacher, store)
     rng = np.random.default_rng(seed)
     picks = [np.sort(rng.choice(train.n_images, batch_size, replace=False)) for _ in range(batches)]

@@ -149,12 +149,11 @@ def frozen_shared(model: torch.nn.Module, split: CaptionSplit, root: Path, batch
     return frozen if frozen is not None else frozen_for(model, split, root, batch_size, device)
 
 
-def teacher_tokens(cfg: Config, which: str, device: torch.device, ranks: Ranks = Ranks(),
+def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
                    force: bool = False) -> tuple[ScanTeacher, TokenStore]:
-    """The teacher and its token store of a split (teacher/tokens.py), built when missing or made for
-    another teacher or dataset; under torchrun the ranks share the encoding."""
+    """The teacher and its token store of `split` (our split `which`, as the caller loaded it), built
+    when missing or made for another teacher or dataset; under torchrun the ranks share the encoding."""
     paths = RunPaths(cfg.run_dir)
-    split = load_split(cfg, which)
     identity = token_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
                               split.n_images, split.n_captions, cfg.scores.token_dtype)
     out = paths.teacher_tokens(which)
@@ -176,7 +175,7 @@ def stage_teacher_tokens(cfg: Config, which: str = "train", force: bool = False)
     """Build (or check) the teacher's token store of a split; shards the encoding under torchrun."""
     require(cfg, f"teacher tokens {which}")
     device = local_device(resolve_device(cfg.device))
-    teacher_tokens(cfg, which, device, ranks_from_env(), force)
+    teacher_tokens(cfg, which, load_split(cfg, which), device, ranks_from_env(), force)
     return RunPaths(cfg.run_dir).teacher_tokens(which)
 
 
@@ -195,7 +194,7 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
             return out
         except ValueError as exc:
             log.info("rescoring: %s", exc)
-    teacher, store = teacher_tokens(cfg, which, resolve_device(cfg.device))
+    teacher, store = teacher_tokens(cfg, which, split, resolve_device(cfg.device))
     write_score_cache(out, identity, lambda scores: score_all(teacher, store.images, store.captions,
                                                               cfg.scores.block_gib, bf16=cfg.scores.bf16, out=scores))
     log.info("scored %d x %d pairs of %s into %s", split.n_images, split.n_captions, which, out)
@@ -242,7 +241,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
         scorer = scores_from_dense(open_score_cache(paths.scores(which), _cache_identity(paths, split)))
         log.info("top-%d scores of %s gathered from its all-pairs cache", k, which)
     except (OSError, ValueError):
-        teacher, store = teacher_tokens(cfg, which, device, ranks)
+        teacher, store = teacher_tokens(cfg, which, split, device, ranks)
         scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
     counts = build_topk_cache(out, identity, candidates, scorer, cfg.scores.shard_queries, ranks, progress=ranks.is_main,
                               source={"generator_path": str(generator.directory)}, fresh=force)
@@ -324,7 +323,7 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
     systems: list[dict[str, Any]] = []
     scorer = None
     if (paths.teacher / "model.safetensors").is_file():
-        teacher, store = teacher_tokens(cfg, cfg.eval.split, device)
+        teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
         sims = score_all(teacher, store.images, store.captions, cfg.scores.block_gib, bf16=cfg.scores.bf16)
         systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": _teacher_label(teacher.cfg),
                         "metrics": metrics_for(sims, split, folds), "token_dtype": cfg.scores.token_dtype})

@@ -66,7 +66,7 @@ def _kd_lookup(cfg: Config, paths: RunPaths, train: CaptionSplit, device: torch.
                                   train.n_images, train.n_captions)
         log.info("kd: teacher scores from the all-pairs cache %s", paths.scores("train"))
         return dense_lookup(open_score_cache(paths.scores("train"), identity))
-    teacher, store = teacher_tokens(cfg, "train", device, ranks)
+    teacher, store = teacher_tokens(cfg, "train", train, device, ranks)
     log.info("kd: teacher scores online, from its token store %s", paths.teacher_tokens("train"))
     return OnlineTeacher(teacher, store, cfg.scores.bf16, ranks)
 

@@ -73,7 +73,7 @@ class StoredSide:
         mask = np.asarray(self.mask[ids])
         used = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
         width = int(used.max()) + 1 if used.size else 1
-        tokens = np.asarray(self.tokens[ids][..., :width, :], dtype=np.float32)
+        tokens = np.asarray(self.tokens[ids, :width], dtype=np.float32)  # only the columns some row uses
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
