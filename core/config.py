@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from core.io import write_text
+from core.data.split_names import parse_split_name
 from core.schema import ConfigError, build, to_dict
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "apply_overrides"]
@@ -25,6 +26,12 @@ def _positive(obj: Any, *names: str) -> list[str]:
 
 def _non_negative(obj: Any, *names: str) -> list[str]:
     return [f"{n}: must be >= 0, got {getattr(obj, n)}" for n in names if not getattr(obj, n) >= 0]
+
+
+def _top_needs_freeze(tower: Any) -> list[str]:
+    if tower.train_top and not tower.freeze:
+        return [f"train_top: {tower.train_top} needs freeze: true (a tower that trains whole has no frozen trunk)"]
+    return []
 
 
 @dataclass
@@ -57,6 +64,16 @@ class SplitsConfig:
     val: list[str] = field(default_factory=lambda: ["val"])
     test: list[str] = field(default_factory=lambda: ["test"])
 
+    def problems(self) -> list[str]:
+        out = []
+        for which in ("train", "val", "test"):
+            for name in getattr(self, which):
+                try:
+                    parse_split_name(name)
+                except ValueError as exc:
+                    out.append(f"{which}: {exc}")
+        return out
+
 
 @dataclass
 class DataConfig:
@@ -85,6 +102,9 @@ class DataConfig:
             out.append(f"path: required when format is '{self.format}'")
         if self.format == "karpathy" and not self.image_root:
             out.append("image_root: required when format is 'karpathy'")
+        sliced = [n for w in ("train", "val", "test") for n in getattr(self.splits, w) if "[" in str(n)]
+        if sliced and self.format != "karpathy":
+            out.append(f"splits: sliced split names ({sliced[0]}) need format 'karpathy'")
         for name in ("limit_train", "limit_val", "limit_test"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -105,10 +125,13 @@ class ImageTowerConfig:
         default_factory=lambda: {"channels": [32, 64, 128, 256], "stem_width": 16, "output_stride": 16})
     image_size: int | None = 64  # None: the model's own input size
     freeze: bool = False
+    # With freeze: the last N stages of the backbone (timm EfficientNet/MobileNet `blocks`, ResNet
+    # `layer1..4`) still train; the frozen trunk below them runs once per split and is cached.
+    train_top: int = 0
     lr_scale: float = 1.0
 
     def problems(self) -> list[str]:
-        out = _non_negative(self, "lr_scale")
+        out = _non_negative(self, "lr_scale", "train_top") + _top_needs_freeze(self)
         if self.pretrained and self.weights:
             out.append("pretrained/weights: choose one of timm hub weights or a local weights file")
         return out
@@ -138,11 +161,14 @@ class TextTowerConfig:
     model: str = "scratch"
     max_length: int = 32
     freeze: bool = False
+    # With freeze: the last N transformer layers still train; the frozen layers below run once per
+    # split and are cached.
+    train_top: int = 0
     lr_scale: float = 1.0
     scratch: ScratchTextConfig = field(default_factory=ScratchTextConfig)
 
     def problems(self) -> list[str]:
-        return _positive(self, "max_length") + _non_negative(self, "lr_scale")
+        return _positive(self, "max_length") + _non_negative(self, "lr_scale", "train_top") + _top_needs_freeze(self)
 
 
 @dataclass
@@ -408,9 +434,14 @@ class MemoryBankConfig:
     """MEMBER's cross-modal memory banks: `slots` online cluster centres of the training set's image
     embeddings (read by captions) and of its caption embeddings (read by images), moved towards each
     batch's nearest embeddings at every step (EMA, `momentum`). Each embedding adds `mix` times the
-    bank vectors it attends to and is renormalised; the banks are constants of the exported graphs."""
+    bank vectors it attends to and is renormalised; the banks are constants of the exported graphs.
+    At `level: token` the banks hold centres of the towers' token features instead (image tokens, read
+    by words; words, read by image tokens), and every valid token adds what it reads (`mix` times its
+    own norm) before pooling (student.enhance.TokenMemory)."""
 
     slots: int = 0  # centres per bank (0: off)
+    # global: embeddings read banks of embeddings; token: tokens read banks of tokens, before pooling
+    level: Literal["global", "token"] = "global"
     mix: float = 0.5
     temperature: float = 0.05  # of the attention over the slots
     momentum: float = 0.99  # of the centres' moving average, per step
@@ -457,8 +488,10 @@ class StudentConfig:
     embed_dim: int = 128
     projection: Literal["linear", "mlp"] = "linear"
     # tower: the image tower's own pooled vector; flatten: grid tokens concatenated in order
-    # (keeps positions, which average pooling loses; needs a fixed-size grid tower)
-    image_pooling: Literal["tower", "flatten"] = "flatten"
+    # (keeps positions, which average pooling loses; needs a fixed-size grid tower); gpo: VSE∞'s
+    # learned pooling of sorted token values (student.pooling)
+    image_pooling: Literal["tower", "flatten", "gpo"] = "flatten"
+    text_pooling: Literal["tower", "gpo"] = "tower"  # tower: the sentence-transformers model's own pooling
     train: TrainConfig = field(default_factory=TrainConfig)
     losses: LossesConfig = field(default_factory=LossesConfig)
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
@@ -479,16 +512,21 @@ class StudentConfig:
 # `distilled` is the configured student, `baseline` the contrastive term alone, the others one
 # component (or a named combination) on top of it: the rows of `itr-distill ablate`. Loss components
 # are on when their weight is > 0; the others when the setting named here is > 0.
-STUDENT_COMPONENTS = ("kd", "cached_kd", "align", "concept", "queue", "memory_bank", "hierarchy", "self_guided",
-                      "guided")
+STUDENT_COMPONENTS = ("kd", "cached_kd", "align", "concept", "queue", "memory_bank", "memory_token", "hierarchy",
+                      "self_guided", "guided")
 SIZE_SWITCHES = {"queue": ("momentum", "queue_size"), "memory_bank": ("memory_bank", "slots"),
-                 "hierarchy": ("hierarchy", "local_dim"), "self_guided": ("self_guided", "attention_dim")}
+                 "memory_token": ("memory_bank", "slots"), "hierarchy": ("hierarchy", "local_dim"),
+                 "self_guided": ("self_guided", "attention_dim")}
+# MEMBER's two components share `memory_bank.slots`; each is on only at its `memory_bank.level`, and a
+# variant that keeps one of them runs MEMBER at that level whatever level the config names
+MEMORY_LEVELS = {"memory_bank": "global", "memory_token": "token"}
 USER = ("self_guided", "guided", "queue")  # USER: both enhancements and the queued negatives
 STUDENT_VARIANTS: dict[str, tuple[str, ...]] = {
     "baseline": (), "kd": ("kd",), "cached-kd": ("cached_kd",), "selfalign": ("align", "concept"),
     "queue": ("queue",), "member": ("memory_bank",), "hierarchical": ("hierarchy",), "user-self": ("self_guided",),
-    "user-guided": ("guided",), "user": USER, "kd+member": ("kd", "memory_bank"),
-    "kd+hierarchical": ("kd", "hierarchy"), "kd+user": ("kd", *USER), "distilled": STUDENT_COMPONENTS}
+    "user-guided": ("guided",), "user": USER, "kd+member": ("kd", "memory_bank"), "member-token": ("memory_token",),
+    "kd+member-token": ("kd", "memory_token"), "kd+hierarchical": ("kd", "hierarchy"), "kd+user": ("kd", *USER),
+    "distilled": STUDENT_COMPONENTS}
 
 
 @dataclass
@@ -497,11 +535,23 @@ class ExperimentConfig:
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: bool = True
+    # `itr-distill ablate-teachers`: named teachers, each the configured one with these dotted
+    # overrides of `teacher.*` settings (e.g. {top: [teacher.image_tower.train_top=1]}).
+    teacher_variants: dict[str, list[str]] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
+        out = []
         if not self.seeds:
-            return ["seeds: need at least one seed"]
-        return ["seeds: must be distinct"] if len(set(self.seeds)) != len(self.seeds) else []
+            out.append("seeds: need at least one seed")
+        elif len(set(self.seeds)) != len(self.seeds):
+            out.append("seeds: must be distinct")
+        for name, overrides in self.teacher_variants.items():
+            if name == "configured" or not name.replace("-", "").replace("_", "").isalnum():
+                out.append(f"teacher_variants: {name!r} is not a usable name (letters, digits, - and _; not 'configured')")
+            bad = [o for o in overrides if not (isinstance(o, str) and o.startswith("teacher.") and "=" in o)]
+            if bad:
+                out.append(f"teacher_variants.{name}: {bad[0]!r} is not a teacher.KEY=VALUE override")
+        return out
 
 
 @dataclass

@@ -25,6 +25,7 @@ ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ c
         "member": "+ MEMBER memory banks", "hierarchical": "+ hierarchical embedding (lexical local space)",
         "user-self": "+ USER self-guided enhancement", "user-guided": "+ USER guided enhancement",
         "user": "+ USER (self-guided + guided + queued negatives)", "kd+member": "+ in-batch KD + MEMBER",
+        "member-token": "+ MEMBER token-level memory banks", "kd+member-token": "+ in-batch KD + token-level MEMBER",
         "kd+hierarchical": "+ in-batch KD + hierarchical embedding", "kd+user": "+ in-batch KD + USER",
         "distilled": "all (the configured student)"}
 
@@ -36,7 +37,8 @@ def _structure(student: StudentConfig, terms: list[str]) -> list[str]:
         readers = ", ".join(t for t in terms if t in student.momentum.queue_terms)
         parts.append(f"queue {student.momentum.queue_size} (read by {readers})")
     if student.memory_bank.slots:
-        parts.append(f"memory banks {student.memory_bank.slots}")
+        banks = "token memory banks" if student.memory_bank.level == "token" else "memory banks"
+        parts.append(f"{banks} {student.memory_bank.slots}")
     if student.hierarchy.local_dim:
         parts.append(f"local space {student.hierarchy.local_dim}")
     if student.self_guided.attention_dim:

@@ -104,6 +104,11 @@ def parser() -> argparse.ArgumentParser:
     _add_resume(ablate)
     ablate.add_argument("--variants", nargs="+", choices=list(STUDENT_VARIANTS),
                         help="rows to train (default: all of them)")
+    teachers = sub.add_parser("ablate-teachers", help="fit each teacher variant of experiment.teacher_variants (and "
+                              "the configured teacher) and write the table of their accuracy on the eval split")
+    _add_config_args(teachers, config_required=True)
+    teachers.add_argument("--variants", nargs="+", help="only these variants (default: all, 'configured' first)")
+    teachers.add_argument("--seeds", nargs="+", type=int, help="seeds (default: experiment.seeds)")
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
     run = sub.add_parser("run", help="run every stage of a config")
@@ -177,6 +182,10 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         report = Path(cfg.run_dir, "report.json")
         if report.is_file():  # the run's report gains the table; it keeps the command that made the rest
             stages.stage_report(cfg.run_dir, json.loads(report.read_text(encoding="utf-8"))["command"])
+    elif args.command == "ablate-teachers":
+        from distill.teacher_ablation import stage_ablate_teachers
+
+        stage_ablate_teachers(cfg, command_line, args.variants, args.seeds, args.force)
     elif args.command == "export":
         stages.stage_export(cfg, args.student, args.force)
     elif args.command == "eval":

@@ -1,6 +1,7 @@
 """What the student's losses see beyond the batch: a momentum encoder, FIFO queues of its past
 embeddings (MoCo / USER) and per-item embedding banks for the cached top-K candidates. The same
-keys also move the student's own MEMBER memory banks (`student.enhance.CrossModalMemory`).
+keys also move the student's own MEMBER memory banks (`student.enhance.CrossModalMemory`, or
+`TokenMemory` at the token level, fed the keys' valid pre-fusion tokens).
 
 Queued and banked vectors carry no gradient; they enlarge the pools of negatives and of
 distillation targets at the cost of a momentum forward per step (none with coefficient 0, where the
@@ -181,7 +182,7 @@ class Memory:
     def update(self, model: nn.Module, keys: dict[str, torch.Tensor], image_index: torch.Tensor,
                caption_index: torch.Tensor) -> None:
         if self.memory_banks:  # before the momentum update, which copies the banks into the momentum copy
-            model.memory.update(keys["img_base"], keys["txt_base"])
+            model.update_memory(keys)
         self.momentum.update(model)
         for store in (self.queues, self.bank):
             if store is not None:

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from core.config import Config, StudentConfig, TeacherConfig
+from core.config import Config, ImageTowerConfig, StudentConfig, TeacherConfig
 from core.data.batching import NEIGHBOUR_BLOCK_BYTES
+from core.data.split_names import selected
 from core.paths import resolve_path
 from distill.terms import uses_teacher
 from distill.variants import variant_config
@@ -104,16 +105,16 @@ def _count_lines(path: Path) -> int:
 def split_shapes(cfg: Config) -> dict[str, SplitShape]:
     """Images and captions of train / val / test, limits applied, without reading images or features."""
     data, k, out = cfg.data, cfg.data.captions_per_image, {}
-    entries: dict[str, int] = {}
+    entry_splits: list = []
     if data.format == "karpathy":
-        for image in json.loads(Path(data.path).read_text(encoding="utf-8")).get("images", []):
-            entries[image.get("split")] = entries.get(image.get("split"), 0) + 1
+        entry_splits = [image.get("split") if isinstance(image, dict) and isinstance(image.get("split"), str) else None
+                        for image in json.loads(Path(data.path).read_text(encoding="utf-8")).get("images", [])]
     for which in ("train", "val", "test"):
         names = getattr(data.splits, which)
         if data.format == "synthetic":
             n = getattr(data.synthetic, f"n_{which}")
         elif data.format == "karpathy":
-            n = sum(entries.get(name, 0) for name in names)
+            n = sum(selected(entry_splits, names))
         else:
             n = 0
             for name in names:
@@ -151,20 +152,26 @@ class ModelSize:
     frozen: int
     image_frozen: bool
     text_frozen: bool
+    cached_image_tokens: int = 0  # the frozen trunk's output per image (its cut, or the tower's own)
+    cached_image_width: int = 0
 
 
-def _text_size(model_cfg: TeacherConfig | StudentConfig) -> tuple[int, int]:
-    """(width, parameters) of a text tower, from its config.json (or the scratch settings)."""
+def _text_size(model_cfg: TeacherConfig | StudentConfig) -> tuple[int, int, int]:
+    """(width, parameters, parameters of the `train_top` layers) of a text tower, from its config.json
+    (or the scratch settings)."""
     tower = model_cfg.text_tower
     if tower.model == "scratch":
         s = tower.scratch
-        return s.hidden_size, s.vocab_size * s.hidden_size + s.num_layers * (4 * s.hidden_size**2 + 2 * s.hidden_size * s.intermediate_size)
-    try:
-        conf = json.loads((Path(resolve_path(tower.model)) / "config.json").read_text(encoding="utf-8"))
-        h, layers = int(conf["hidden_size"]), int(conf["num_hidden_layers"])
-        return h, int(conf.get("vocab_size", 30522)) * h + layers * (4 * h * h + 2 * h * int(conf.get("intermediate_size", 4 * h)))
-    except (OSError, KeyError, ValueError):
-        return 384, 22_000_000  # all-MiniLM-L6-v2, when the model cannot be looked at without loading it
+        h, layers, vocab, inner = s.hidden_size, s.num_layers, s.vocab_size, s.intermediate_size
+    else:
+        try:
+            conf = json.loads((Path(resolve_path(tower.model)) / "config.json").read_text(encoding="utf-8"))
+            h, layers = int(conf["hidden_size"]), int(conf["num_hidden_layers"])
+            vocab, inner = int(conf.get("vocab_size", 30522)), int(conf.get("intermediate_size", 4 * h))
+        except (OSError, KeyError, ValueError):  # all-MiniLM-L6-v2, when it cannot be looked at without loading it
+            h, layers, vocab, inner = 384, 6, 30522, 1536
+    layer = 4 * h * h + 2 * h * inner
+    return h, vocab * h + layers * layer, min(tower.train_top, layers) * layer
 
 
 def model_size(cfg: Config, model_cfg: TeacherConfig | StudentConfig) -> ModelSize:
@@ -172,24 +179,43 @@ def model_size(cfg: Config, model_cfg: TeacherConfig | StudentConfig) -> ModelSi
     tower = model_cfg.image_tower
     features = _feature_shape(cfg)
     if tower.kind == "features" or features is not None:
-        tokens, width, image_params = (features or (36, 2048))[0], (features or (36, 2048))[1], 0
+        tokens, width = features or (36, 2048)
+        image_params, image_top, cached = 0, 0, (tokens, width)
     else:
-        import timm
-        import torch
-
-        with torch.device("meta"):
-            net = timm.create_model(tower.name, pretrained=False, **tower.model_kwargs)
-        size = tower.image_size or int(net.default_cfg.get("input_size", (3, 224, 224))[-1])
-        tokens = (-(-size // int(net.feature_info[-1]["reduction"]))) ** 2
-        width, image_params = int(net.num_features), sum(p.numel() for p in net.parameters())
-    text_width, text_params = _text_size(model_cfg)
+        tokens, width, image_params, image_top, cached = _timm_size(tower)
+    text_width, text_params, text_top = _text_size(model_cfg)
     d = model_cfg.embed_dim
     pooling = getattr(model_cfg, "image_pooling", "tower")
     heads = (tokens * width if pooling == "flatten" else width) * d + text_width * d + 2 * width * d
-    trainable = heads + (0 if tower.freeze else image_params) + (0 if model_cfg.text_tower.freeze else text_params)
-    frozen = (image_params if tower.freeze else 0) + (text_params if model_cfg.text_tower.freeze else 0)
+    trainable = heads + (image_top if tower.freeze else image_params) + \
+        (text_top if model_cfg.text_tower.freeze else text_params)
+    frozen = (image_params - image_top if tower.freeze else 0) + \
+        (text_params - text_top if model_cfg.text_tower.freeze else 0)
     return ModelSize(tokens, width, text_width, trainable, frozen, tower.freeze or image_params == 0,
-                     model_cfg.text_tower.freeze)
+                     model_cfg.text_tower.freeze, *cached)
+
+
+def _timm_size(tower: ImageTowerConfig) -> tuple[int, int, int, int, tuple[int, int]]:
+    """(tokens, width, parameters, parameters of the `train_top` stages, (tokens, width) at the cut)
+    of a timm tower, run on the meta device."""
+    import timm
+    import torch
+
+    from core.towers.image import backbone_stages
+
+    with torch.device("meta"):
+        net = timm.create_model(tower.name, pretrained=False, **tower.model_kwargs)
+        size = tower.image_size or int(net.default_cfg.get("input_size", (3, 224, 224))[-1])
+        tokens = (-(-size // int(net.feature_info[-1]["reduction"]))) ** 2
+        width, params = int(net.num_features), sum(p.numel() for p in net.parameters())
+        if not tower.train_top:
+            return tokens, width, params, 0, (tokens, width)
+        stem, stages, tail = backbone_stages(net)
+        x = torch.empty(1, 3, size, size)
+        for module in stem + stages[:-tower.train_top]:
+            x = module(x)
+    top = sum(p.numel() for m in stages[-tower.train_top:] + tail for p in m.parameters())
+    return tokens, width, params, top, (int(x.shape[2] * x.shape[3]), int(x.shape[1]))
 
 
 # ------------------------------------------------------------------ the stages
@@ -245,7 +271,7 @@ def _frozen_disk(size: ModelSize, model_cfg: TeacherConfig | StudentConfig, shap
     """Frozen-tower caches (float16) of the three splits."""
     n_img = sum(s.images for s in shapes.values())
     n_cap = sum(s.captions for s in shapes.values())
-    image = n_img * size.image_tokens * size.image_width * 2 if size.image_frozen and size.image_width and \
+    image = n_img * size.cached_image_tokens * size.cached_image_width * 2 if size.image_frozen and size.image_width and \
         model_cfg.image_tower.kind != "features" else 0
     text = n_cap * model_cfg.text_tower.max_length * size.text_width * 2 if size.text_frozen else 0
     return image + text

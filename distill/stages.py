@@ -93,17 +93,33 @@ def stage_data(cfg: Config, force: bool = False) -> dict[str, Any]:
             s = cfg.data.synthetic
             generate(root, s.n_train, s.n_val, s.n_test, s.image_size, s.family_size, s.min_objects, s.max_objects, s.seed)
             stamp(root, spec)
-    summary, bad = {}, {}
+    summary, bad, loaded = {}, {}, {}
     for which in ("train", "val", "test"):
-        split = load_split(cfg, which)
+        split = loaded[which] = load_split(cfg, which)
         summary[which] = {"images": split.n_images, "captions": split.n_captions, "source": split.source,
                           "fingerprint": split.fingerprint(), "skipped": len(split.skipped)}
         bad[which] = {"source": split.source, "count": len(split.skipped),
                       "entries": [dataclasses.asdict(b) for b in split.skipped]}
         log.info("%s: %d images, %d captions (%s)", which, split.n_images, split.n_captions, split.source)
+    check_disjoint(loaded)
     write_json(paths.data_summary, summary)
     write_json(paths.bad_data, {"skip_bad": cfg.data.skip_bad, "splits": bad})
     return summary
+
+
+def check_disjoint(splits: dict[str, CaptionSplit]) -> None:
+    """Refuse a train split that shares images with val or test (selection or the report would see
+    training images); warn when val is the reported split, since selection then flatters the report."""
+    if splits["train"].image_paths is None:
+        return
+    train = set(splits["train"].image_paths)
+    for which in ("val", "test"):
+        shared = train.intersection(splits[which].image_paths or ())
+        if shared:
+            raise ValueError(f"data.splits: {which} shares {len(shared)} images with train (e.g. {min(shared)}); "
+                             f"slice the source split, e.g. train: ['train[:-250]'] and val: ['train[-250:]']")
+    if set(splits["val"].image_paths) & set(splits["test"].image_paths or ()):
+        log.warning("data.splits: val overlaps test, so model selection uses the split the report shows")
 
 
 # ---------------------------------------------------------------- teacher

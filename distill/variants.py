@@ -6,18 +6,31 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.config import SIZE_SWITCHES, STUDENT_COMPONENTS, STUDENT_VARIANTS, Config, StudentConfig
+from core.config import MEMORY_LEVELS, SIZE_SWITCHES, STUDENT_COMPONENTS, STUDENT_VARIANTS, Config, StudentConfig
 
 
 def component_on(student: StudentConfig, component: str) -> bool:
     if component in SIZE_SWITCHES:
         block, setting = SIZE_SWITCHES[component]
-        return getattr(getattr(student, block), setting) > 0
+        at_level = component not in MEMORY_LEVELS or student.memory_bank.level == MEMORY_LEVELS[component]
+        return getattr(getattr(student, block), setting) > 0 and at_level
     return getattr(student.losses, component).weight > 0
+
+
+def _at_kept_level(student: StudentConfig, kept: tuple[str, ...]) -> StudentConfig:
+    """A variant that keeps MEMBER at one level (`member`, `member-token`) runs it at that level, so one
+    config compares both; one that keeps both (`distilled`) runs the configured level."""
+    levels = {MEMORY_LEVELS[c] for c in kept if c in MEMORY_LEVELS}
+    if len(levels) != 1:
+        return student
+    banks = dataclasses.replace(student.memory_bank, level=levels.pop())
+    return dataclasses.replace(student, memory_bank=banks)
 
 
 def _switched_off(student: StudentConfig, components: tuple[str, ...]) -> StudentConfig:
     for name in components:
+        if not component_on(student, name):  # e.g. MEMBER at the level the student does not run
+            continue
         if name in SIZE_SWITCHES:
             block, setting = SIZE_SWITCHES[name]
             student = dataclasses.replace(student, **{block: dataclasses.replace(getattr(student, block), **{setting: 0})})
@@ -35,7 +48,8 @@ def variant_config(cfg: Config, variant: str) -> StudentConfig:
     if variant not in STUDENT_VARIANTS:
         raise ValueError(f"unknown student variant {variant!r} (expected one of {list(STUDENT_VARIANTS)})")
     kept = STUDENT_VARIANTS[variant]
-    student = _switched_off(cfg.student, tuple(c for c in STUDENT_COMPONENTS if c not in kept))
+    student = _at_kept_level(cfg.student, kept)
+    student = _switched_off(student, tuple(c for c in STUDENT_COMPONENTS if c not in kept))
     momentum = student.momentum
     if variant != "distilled" and "queue" in kept:
         readers = [t for t in momentum.queue_terms if t == "contrastive" or component_on(student, t)]

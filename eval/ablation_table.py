@@ -11,15 +11,16 @@ from core.machine import describe
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
-def summarise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise_rows(rows: list[dict[str, Any]], reference: str = "baseline") -> list[dict[str, Any]]:
     """Per row {variant, label, components, seeds, per_seed, mean, std}: std is the sample std (ddof 1),
-    None with one seed, where there is no spread to compare a change with (`beyond_spread` is then None)."""
+    None with one seed, where there is no spread to compare a change with (`beyond_spread` is then None).
+    Each row's rsum is compared with the `reference` variant's row."""
     out = []
     for row in rows:
         values = {k: np.array([m[k] for m in row["per_seed"]]) for k in COLUMNS}
         std = {k: float(v.std(ddof=1)) if len(v) > 1 else None for k, v in values.items()}
         out.append({**row, "mean": {k: float(v.mean()) for k, v in values.items()}, "std": std})
-    base = next((r for r in out if r["variant"] == "baseline"), None)
+    base = next((r for r in out if r["variant"] == reference), None)
     for row in out:
         if base is not None and row is not base:
             delta = row["mean"]["rsum"] - base["mean"]["rsum"]
@@ -34,14 +35,16 @@ def _cell(mean: float, std: float | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
-def to_markdown(table: dict[str, Any]) -> str:
-    """The table with its split, budget, machine and command."""
-    lines = ["## Ablation", "",
+def to_markdown(table: dict[str, Any], subject: str = "Student", reference: str = "contrastive-only row") -> str:
+    """The table with its split, budget, machine and command; `subject` heads the first column and
+    `reference` names the row Δ rsum is measured from."""
+    lines = [f"## {'Ablation' if subject == 'Student' else subject + ' ablation'}", "",
              f"Split `{table['split']}` ({table['gallery_images']} images); every row trains with the same budget "
              f"({table['budget']}); mean ± std (sample) over seeds {table['seeds']}. Δ rsum is against the "
-             "contrastive-only row; 'beyond spread' when |Δ| exceeds the larger of the two rows' std"
+             f"{reference}; 'beyond spread' when |Δ| exceeds the larger of the two rows' std"
              + (" (one seed: no spread, so no change is called beyond it)." if len(table["seeds"]) < 2 else "."), "",
-             "| Student | terms | " + " | ".join(COLUMNS) + " | Δ rsum |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+             f"| {subject} | {'terms' if subject == 'Student' else 'settings'} | " + " | ".join(COLUMNS)
+             + " | Δ rsum |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
     for row in table["rows"]:
         cells = [_cell(row["mean"][k], row["std"][k]) for k in COLUMNS]
         vs = row.get("rsum_vs_contrastive")

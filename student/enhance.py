@@ -5,6 +5,9 @@ stays one matrix product and both encoders still export on their own):
   embeddings, kept up to date during training; an embedding attends over the other modality's bank
   and adds what it reads. The banks are buffers, constant at inference, so the exported graphs
   carry them as initializers.
+- `TokenMemory` (MEMBER at the token level, `memory_bank.level: token`): the same, with banks of each
+  modality's token features; every image token and word reads the other modality's bank and is
+  fused with what it reads before pooling.
 - `SelfGuidedWeights` (USER, Zhang et al. 2023): a global query re-weights a modality's tokens
   before pooling.
 - `hierarchical_concat` (Sun, Qin, Liu 2023): the shipped embedding joins a global and a local space.
@@ -18,37 +21,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class CrossModalMemory(nn.Module):
-    """An image bank (read by captions) and a text bank (read by images), `slots` vectors each.
+class _ClusterBanks(nn.Module):
+    """An image bank and a text bank of `slots` online cluster centres each, and the step that keeps
+    them: the first update fills a bank with a batch's (L2-normalised) rows, repeated when fewer than
+    the slots; every later update moves each centre towards the mean of the rows nearest to it by an
+    exponential moving average (`momentum`), as a VQ codebook is kept, and leaves a centre nearest to
+    no row where it is. The banks are buffers: constants at inference, initializers of the exported
+    graphs. Until the first update `filled` is 0 and reading the banks changes nothing."""
 
-    `enrich(e, bank) = normalise(e + mix * softmax(e · bankᵀ / temperature) · bank)`. The banks are
-    online cluster centres of the training set's embeddings: the first training batch fills them,
-    then every step moves each centre towards the mean of the batch embeddings nearest to it
-    (exponential moving average, `momentum`), as a VQ codebook is kept. So the banks follow the
-    encoder as it trains, and the banks a model is validated and exported with are the ones it was
-    trained with. Until the first update (`filled` = 0) embeddings pass through unchanged.
-    """
-
-    def __init__(self, slots: int, dim: int, mix: float, temperature: float, momentum: float):
+    def __init__(self, slots: int, image_dim: int, text_dim: int, momentum: float):
         super().__init__()
-        self.mix, self.temperature, self.momentum = mix, temperature, momentum
-        self.register_buffer("image_bank", torch.zeros(slots, dim))
-        self.register_buffer("text_bank", torch.zeros(slots, dim))
+        self.momentum = momentum
+        self.register_buffer("image_bank", torch.zeros(slots, image_dim))
+        self.register_buffer("text_bank", torch.zeros(slots, text_dim))
         self.register_buffer("filled", torch.zeros(()))
 
-    def _enrich(self, emb: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-        bank = bank.to(emb.dtype)
-        read = torch.softmax(emb @ bank.T / self.temperature, dim=-1) @ bank
-        return F.normalize(emb + (self.mix * self.filled.to(emb.dtype)) * read, dim=-1)
-
-    def images(self, emb: torch.Tensor) -> torch.Tensor:
-        return self._enrich(emb, self.text_bank)
-
-    def captions(self, emb: torch.Tensor) -> torch.Tensor:
-        return self._enrich(emb, self.image_bank)
+    @staticmethod
+    def _attend(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+        """softmax(queries · keysᵀ / temperature) · keys, over the last dimension."""
+        return torch.softmax(queries @ keys.T / temperature, dim=-1) @ keys
 
     @torch.no_grad()
     def _update_bank(self, bank: torch.Tensor, rows: torch.Tensor) -> None:
+        if not len(rows):
+            return
         rows = F.normalize(rows.to(bank.dtype), dim=-1)
         if not self.filled:
             bank.copy_(rows[torch.arange(len(bank), device=rows.device) % len(rows)])
@@ -60,10 +56,79 @@ class CrossModalMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, captions: torch.Tensor) -> None:
-        """One step of the banks from a batch's pre-memory embeddings (no gradient)."""
+        """One step of both banks from rows of image and of caption features (no gradient)."""
         self._update_bank(self.image_bank, images)
         self._update_bank(self.text_bank, captions)
         self.filled.fill_(1.0)
+
+
+class CrossModalMemory(_ClusterBanks):
+    """MEMBER on global embeddings: an image bank (read by captions) and a text bank (read by images),
+    `slots` centres each of the training set's pre-memory embeddings.
+
+    `enrich(e, bank) = normalise(e + mix * softmax(e · bankᵀ / temperature) · bank)`. The banks follow
+    the encoder as it trains (`update` at every step), so the banks a model is validated and exported
+    with are the ones it was trained with.
+    """
+
+    def __init__(self, slots: int, dim: int, mix: float, temperature: float, momentum: float):
+        super().__init__(slots, dim, dim, momentum)
+        self.mix, self.temperature = mix, temperature
+
+    def _enrich(self, emb: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        read = self._attend(emb, bank.to(emb.dtype), self.temperature)
+        return F.normalize(emb + (self.mix * self.filled.to(emb.dtype)) * read, dim=-1)
+
+    def images(self, emb: torch.Tensor) -> torch.Tensor:
+        return self._enrich(emb, self.text_bank)
+
+    def captions(self, emb: torch.Tensor) -> torch.Tensor:
+        return self._enrich(emb, self.image_bank)
+
+
+def _association(bank_width: int, reader_width: int) -> nn.Linear:
+    """A learned map of a bank into the reader's token space; the identity (truncated when the widths
+    differ) at the start."""
+    layer = nn.Linear(bank_width, reader_width, bias=False)
+    nn.init.eye_(layer.weight)
+    return layer
+
+
+class TokenMemory(_ClusterBanks):
+    """MEMBER at the token level, as the paper memorises fine-grained features: an image bank of
+    `slots` centres of the training set's image-token features (read by words) and a text bank of
+    centres of its word features (read by image tokens), in the towers' token widths.
+
+    Each valid token t reads the other modality's bank through a learned association A (the tokens of
+    two towers live in unrelated spaces, often of different widths): with keys k = normalise(A · bank),
+    `read = softmax(normalise(t) · kᵀ / temperature) · k` and the token becomes
+    `t + mix * |t| * read` (the read is unit-scale; |t| gives `mix` the meaning it has for unit
+    embeddings). Padding tokens are left as they are. The fused tokens are then pooled as usual, so
+    alignment with the other modality's local features happens before pooling, and each encoder
+    still runs alone.
+    """
+
+    def __init__(self, slots: int, image_width: int, text_width: int, mix: float, temperature: float,
+                 momentum: float):
+        super().__init__(slots, image_width, text_width, momentum)
+        self.mix, self.temperature = mix, temperature
+        self.text_to_image = _association(text_width, image_width)
+        self.image_to_text = _association(image_width, text_width)
+
+    def _fuse(self, tokens: torch.Tensor, mask: torch.Tensor, bank: torch.Tensor,
+              association: nn.Linear) -> torch.Tensor:
+        keys = F.normalize(association(bank.to(tokens.dtype)), dim=-1)
+        read = self._attend(F.normalize(tokens, dim=-1), keys, self.temperature)
+        scale = (self.mix * self.filled.to(tokens.dtype)) * tokens.norm(dim=-1, keepdim=True)
+        return tokens + (scale * mask.unsqueeze(-1).to(tokens.dtype)) * read
+
+    def images(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, T, C_image) fused with what they read from the text bank."""
+        return self._fuse(tokens, mask, self.text_bank, self.text_to_image)
+
+    def captions(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Word tokens (B, T, C_text) fused with what they read from the image bank."""
+        return self._fuse(tokens, mask, self.image_bank, self.image_to_text)
 
 
 class SelfGuidedWeights(nn.Module):

@@ -8,7 +8,8 @@ from torch import nn
 from core.config import StudentConfig
 from core.towers.heads import TwoTowerModel, make_projection
 from core.towers.image import RegionFeatureTower, TokenOutput
-from student.enhance import CrossModalMemory, SelfGuidedWeights, hierarchical_concat, masked_mean
+from student.enhance import CrossModalMemory, SelfGuidedWeights, TokenMemory, hierarchical_concat, masked_mean
+from student.pooling import GPO
 
 
 def _grid_tokens(tower: nn.Module) -> int:
@@ -26,11 +27,13 @@ def _grid_tokens(tower: nn.Module) -> int:
 class DualEncoder(TwoTowerModel):
     """Towers -> pooling -> projection -> L2 normalisation, independently per modality.
 
-    Image pooling is the tower's own (`tower`, e.g. global average) or `flatten`: the grid tokens
+    Image pooling is the tower's own (`tower`, e.g. global average), `flatten`: the grid tokens
     concatenated in order before the projection, which keeps where things are (average pooling
-    discards it) at no extra inference cost beyond a wider projection. Optional enhancements
+    discards it) at no extra inference cost beyond a wider projection, or `gpo` (student.pooling);
+    text pooling the sentence-transformers model's own or `gpo`. Optional enhancements
     (see student.enhance): self-guided token weights before pooling (`student.self_guided`), cross-modal
-    memory banks after the projection (`student.memory_bank`), and a local space concatenated to the
+    memory banks after the projection (`student.memory_bank`; at `level: token`, read by the tokens
+    before pooling), and a local space concatenated to the
     global one (`student.hierarchy`). `forward` also returns what the
     training losses read (projected local tokens, the global and local parts); `encode_images` and
     `encode_text`, which export, return only the embeddings.
@@ -48,11 +51,17 @@ class DualEncoder(TwoTowerModel):
         # training only, SelfAlign's local tokens: their own projection when flattened, else the pooled one's
         self.image_local_proj = nn.Linear(width, cfg.embed_dim) if flatten else None
         self.text_proj = make_projection(text_tower.out_dim, cfg.embed_dim, cfg.projection)
+        self.image_gpo = GPO() if cfg.image_pooling == "gpo" else None
+        self.text_gpo = GPO() if cfg.text_pooling == "gpo" else None
         sg = cfg.self_guided.attention_dim
         self.image_weights = SelfGuidedWeights(width, sg) if sg else None
         self.text_weights = SelfGuidedWeights(text_tower.out_dim, sg) if sg else None
         mb = cfg.memory_bank
-        self.memory = CrossModalMemory(mb.slots, cfg.embed_dim, mb.mix, mb.temperature, mb.momentum) if mb.slots else None
+        level = mb.level if mb.slots else None
+        self.memory = (CrossModalMemory(mb.slots, cfg.embed_dim, mb.mix, mb.temperature, mb.momentum)
+                       if level == "global" else None)
+        self.token_memory = (TokenMemory(mb.slots, width, text_tower.out_dim, mb.mix, mb.temperature, mb.momentum)
+                             if level == "token" else None)
         local = cfg.hierarchy.local_dim
         self.image_lex_proj = make_projection(image_in, local, cfg.projection) if local else None
         self.text_lex_proj = make_projection(text_tower.out_dim, local, cfg.projection) if local else None
@@ -65,16 +74,22 @@ class DualEncoder(TwoTowerModel):
     def plain_text_side(self) -> bool:
         """Whether the caption encoder is tower + pooling + projection + normalisation and nothing else
         (what a sentence-transformers directory can hold)."""
-        return self.text_weights is None and self.memory is None and self.text_lex_proj is None
+        return (self.text_weights is None and self.text_gpo is None and self.memory is None
+                and self.token_memory is None and self.text_lex_proj is None)
 
     def _image_pooled(self, out: TokenOutput) -> torch.Tensor:
         tokens = out.tokens if self.image_weights is None else self.image_weights(out.tokens, out.mask)
         if self.cfg.image_pooling == "flatten":
             return tokens.flatten(1)
+        if self.image_gpo is not None:
+            return self.image_gpo(tokens, out.mask)
         return out.pooled if self.image_weights is None else masked_mean(tokens, out.mask)
 
     def _text_pooled(self, out: TokenOutput) -> torch.Tensor:
-        return out.pooled if self.text_weights is None else masked_mean(self.text_weights(out.tokens, out.mask), out.mask)
+        tokens = out.tokens if self.text_weights is None else self.text_weights(out.tokens, out.mask)
+        if self.text_gpo is not None:
+            return self.text_gpo(tokens, out.mask)
+        return out.pooled if self.text_weights is None else masked_mean(tokens, out.mask)
 
     def _embed(self, pooled: torch.Tensor, proj: nn.Module, lex_proj: nn.Module | None, side: str) -> dict[str, torch.Tensor]:
         """{base: projected, global: after the memory read, lex: local space, emb: shipped}."""
@@ -87,11 +102,21 @@ class DualEncoder(TwoTowerModel):
             parts["emb"] = hierarchical_concat(parts["global"], parts["lex"], h.global_weight, h.local_weight)
         return parts
 
+    def _token_read(self, out: TokenOutput, side: str) -> TokenOutput:
+        """The tower's output with its tokens fused with what they read from the token-level memory
+        (`side`: images or captions); the tower's own pooling becomes the masked mean of the fused tokens."""
+        if self.token_memory is None:
+            return out
+        tokens = getattr(self.token_memory, side)(out.tokens, out.mask)
+        return TokenOutput(tokens, out.mask, masked_mean(tokens, out.mask))
+
     def _image_parts(self, out: TokenOutput) -> dict[str, torch.Tensor]:
-        return self._embed(self._image_pooled(out), self.image_proj, self.image_lex_proj, "images")
+        return self._embed(self._image_pooled(self._token_read(out, "images")), self.image_proj, self.image_lex_proj,
+                           "images")
 
     def _text_parts(self, out: TokenOutput) -> dict[str, torch.Tensor]:
-        return self._embed(self._text_pooled(out), self.text_proj, self.text_lex_proj, "captions")
+        return self._embed(self._text_pooled(self._token_read(out, "captions")), self.text_proj, self.text_lex_proj,
+                           "captions")
 
     def images_from(self, out: TokenOutput) -> torch.Tensor:
         return self._image_parts(out)["emb"]
@@ -121,6 +146,18 @@ class DualEncoder(TwoTowerModel):
         }
         if self.memory is not None:
             out.update(img_base=image["base"], txt_base=text["base"])
+        if self.token_memory is not None:  # pre-fusion tokens (valid ones by the local masks) feed the token banks
+            out.update(img_tokens=img.tokens, txt_tokens=txt.tokens)
         if self.text_lex_proj is not None:
             out.update(img_lex=image["lex"], txt_lex=text["lex"])
         return out
+
+    @torch.no_grad()
+    def update_memory(self, keys: dict[str, torch.Tensor]) -> None:
+        """One step of the MEMBER banks from `forward`'s outputs (the momentum model's, in training):
+        the pre-memory embeddings, or the valid pre-fusion tokens at the token level."""
+        if self.memory is not None:
+            self.memory.update(keys["img_base"], keys["txt_base"])
+        if self.token_memory is not None:
+            self.token_memory.update(keys["img_tokens"][keys["img_local_mask"]],
+                                     keys["txt_tokens"][keys["txt_local_mask"]])

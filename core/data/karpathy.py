@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.records import BadEntry, CaptionSplit
+from core.data.split_names import selected
 from core.data.validate import CheckRunner, check_files, image_problem
 from core.io import read_json
 
@@ -64,7 +65,8 @@ def read_karpathy(
     limit: int | None = None,
     run_checks: CheckRunner = check_files,
 ) -> CaptionSplit:
-    """Load the images whose `split` is in `split_names`, keeping the first `captions_per_image` captions.
+    """Load the images whose `split` is in `split_names` (a name may slice its split, `train[:-250]`,
+    see core.data.split_names), keeping the first `captions_per_image` captions.
 
     Every entry is checked before anything trains on it (inside the image root, decodes, enough
     non-empty string captions) and all problems come in one `BadDataError` naming the file and
@@ -81,13 +83,12 @@ def read_karpathy(
     root = image_root.resolve()
     parsed: list[tuple[int, str, Path, list[str]]] = []
     bad: list[BadEntry] = []
-    seen_splits: set[str] = set()
-    for i, entry in enumerate(data["images"]):
-        split = entry.get("split") if isinstance(entry, dict) else None
-        if isinstance(split, str):
-            seen_splits.add(split)
-            if split not in split_names:
-                continue
+    entry_splits = [e.get("split") if isinstance(e, dict) and isinstance(e.get("split"), str) else None
+                    for e in data["images"]]
+    seen_splits = {s for s in entry_splits if s is not None}
+    for i, (entry, split, take) in enumerate(zip(data["images"], entry_splits, selected(entry_splits, split_names))):
+        if split is not None and not take:
+            continue
         if limit is not None and len(parsed) + len(bad) >= limit:
             break
         filename = entry.get("filename") if isinstance(entry, dict) else None

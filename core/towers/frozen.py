@@ -30,6 +30,12 @@ def is_frozen(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
 
+def cacheable(tower: nn.Module) -> bool:
+    """Whether a tower's trunk (the whole tower unless `train_top` cuts it) has weights and none train."""
+    params = [p for m in tower.trunk_modules() for p in m.parameters()]
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """Hash of every tensor of a module's state (names, shapes, bytes)."""
     h = hashlib.sha256()
@@ -37,6 +43,12 @@ def weights_fingerprint(module: nn.Module) -> str:
         h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def trunk_key(tower: nn.Module) -> dict:
+    """What a cached trunk output depends on: the trunk's weights and where the tower is cut."""
+    return {"weights": weights_fingerprint(nn.ModuleList(tower.trunk_modules())),
+            "top": len(tower.top_modules())}
 
 
 @dataclass
@@ -98,14 +110,15 @@ def _cached(root: Path, key: dict, compute) -> FrozenOutputs:
 @torch.no_grad()
 def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: ImagePreprocess | None, root: Path,
                          batch_size: int, device: torch.device) -> FrozenOutputs:
-    """Image-tower outputs for every image of `split` (cached under `root`)."""
-    key = {"kind": "image", "weights": weights_fingerprint(tower), "split": split.fingerprint(),
+    """Image-trunk outputs for every image of `split` (cached under `root`)."""
+    key = {"kind": "image", **trunk_key(tower), "split": split.fingerprint(),
            "preprocess": None if preprocess is None else preprocess.to_dict()}
     tower.eval()
 
     def run(directory: Path) -> None:
         batches = progress(image_loader(split, preprocess, batch_size), "frozen image tower")
-        outs = (tower(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device)) for b in batches)
+        outs = (tower.trunk(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device))
+                for b in batches)
         _compute(outs, split.n_images, directory, key)
 
     return _cached(root, key, run)
@@ -114,8 +127,8 @@ def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: Imag
 @torch.no_grad()
 def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch_size: int,
                         device: torch.device) -> FrozenOutputs:
-    """Text-tower outputs for every caption of `split` (cached under `root`)."""
-    key = {"kind": "text", "weights": weights_fingerprint(tower), "split": split.fingerprint(),
+    """Text-trunk outputs for every caption of `split` (cached under `root`)."""
+    key = {"kind": "text", **trunk_key(tower), "split": split.fingerprint(),
            "max_length": tower.max_length,
            "tokenizer": sha256_json(sorted(tower.tokenizer.get_vocab().items()))}
     tower.eval()
@@ -123,7 +136,7 @@ def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch
     def run(directory: Path) -> None:
         batches = progress(caption_batches(split, tower.tokenize, batch_size), "frozen text tower",
                            total=-(-split.n_captions // batch_size))
-        outs = (tower(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches)
+        outs = (tower.trunk(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches)
         _compute(outs, split.n_captions, directory, key)
 
     return _cached(root, key, run)
@@ -137,11 +150,13 @@ def split_outputs(model: nn.Module, split: CaptionSplit, side: str, preprocess: 
                   batch_size: int, device: torch.device, frozen: FrozenOutputs | None = None,
                   show: bool = True, rows: range | None = None) -> Iterable[TokenOutput]:
     """Tower outputs for the images (side='image') or captions (side='text') of a split (`rows` of
-    them, default all), in order: looked up in `frozen` when given, else computed by the model's tower."""
+    them, default all), in order: the tower's top over the trunk outputs in `frozen` when given, else
+    computed by the model's tower."""
     rows = range(split.n_images if side == "image" else split.n_captions) if rows is None else rows
     if frozen is not None:
+        tower = model.image_tower if side == "image" else model.text_tower
         for index in progress(torch.arange(rows.start, rows.stop).split(batch_size), f"cached {side} outputs", show):
-            yield frozen.take(index, device)
+            yield tower.top(frozen.take(index, device))
     elif side == "image":
         for b in progress(image_loader(split, preprocess, batch_size, rows=rows), "encode images", show):
             yield model.image_tower(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device))
@@ -152,12 +167,13 @@ def split_outputs(model: nn.Module, split: CaptionSplit, side: str, preprocess: 
 
 
 def frozen_for(model: nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device) -> Frozen:
-    """Cached outputs of whichever towers of a two-tower model are frozen, for `split`. A tower with
+    """Cached trunk outputs of whichever towers of a two-tower model have a frozen trunk, for `split`
+    (the trunk is the whole tower unless `train_top` cuts it). A tower with
     no weights (precomputed region features) has nothing to cache: its inputs are read as they are,
     from the memory-mapped feature files, instead of being copied (4.3 GB for Flickr30K)."""
     image = text = None
-    if is_frozen(model.image_tower) and any(True for _ in model.image_tower.parameters()):
+    if cacheable(model.image_tower):
         image = frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), root, batch_size, device)
-    if is_frozen(model.text_tower):
+    if cacheable(model.text_tower):
         text = frozen_text_outputs(model.text_tower, split, root, batch_size, device)
     return image, text

@@ -20,6 +20,14 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
+def keep_trunk_in_eval(tower: nn.Module) -> None:
+    """A frozen trunk under a training top (`train_top`) stays in eval mode: fixed norms, no dropout,
+    as the outputs cached from it were computed."""
+    if tower.top_modules() and not any(p.requires_grad for m in tower.trunk_modules() for p in m.parameters()):
+        for module in tower.trunk_modules():
+            module.eval()
+
+
 class TwoTowerModel(nn.Module):
     """An image tower and a text tower; a frozen tower stays in eval mode (no dropout, fixed norms)."""
 
@@ -38,7 +46,10 @@ class TwoTowerModel(nn.Module):
         return self.text_tower.tokenize(texts)
 
     def tower_outputs(self, batch) -> tuple:
-        """Both towers' outputs for a batch, taken from the batch when a frozen tower's cache supplied them."""
-        image = batch.image_features if batch.image_features is not None else self.image_tower(batch.images, batch.image_mask)
-        text = batch.text_features if batch.text_features is not None else self.text_tower(batch.input_ids, batch.attention_mask)
+        """Both towers' outputs for a batch; where a frozen trunk's cache supplied its outputs, only the
+        towers' trainable tops run on them."""
+        image = (self.image_tower.top(batch.image_features) if batch.image_features is not None
+                 else self.image_tower(batch.images, batch.image_mask))
+        text = (self.text_tower.top(batch.text_features) if batch.text_features is not None
+                else self.text_tower(batch.input_ids, batch.attention_mask))
         return image, text

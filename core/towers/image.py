@@ -1,6 +1,7 @@
 """Image towers: any timm backbone, or precomputed region features, as tokens + a pooled vector."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 from core.config import ImageTowerConfig
 from core.data.images import ImagePreprocess
 from core.paths import resolve_path
+from core.towers.heads import keep_trunk_in_eval
 from core.weights import load_state_dict_file
 
 
@@ -56,8 +58,26 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(dict(zip(target, source.values())))
 
 
+def backbone_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """A timm backbone's `forward_features` as (stem, stages, tail) modules run in order, so that it can
+    be cut between stages. Known layouts: EfficientNet / MobileNet (conv_stem, bn1, blocks, conv_head,
+    bn2) and ResNet (conv1, bn1, act1, maxpool, layer1..4)."""
+    if all(hasattr(model, n) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        return [model.conv_stem, model.bn1], list(model.blocks), [model.conv_head, model.bn2]
+    if all(hasattr(model, n) for n in ("conv1", "bn1", "act1", "maxpool", "layer4")):
+        layers = [getattr(model, f"layer{i}") for i in range(1, 5)]
+        return [model.conv1, model.bn1, model.act1, model.maxpool], layers, []
+    raise ValueError(f"image_tower.train_top: cannot cut timm model {type(model).__name__} into stages "
+                     "(supported: EfficientNet/MobileNet-style and ResNet-style backbones)")
+
+
 class TimmImageTower(nn.Module):
-    """A timm backbone: grid/patch tokens from `forward_features`, pooled vector from its own head."""
+    """A timm backbone: grid/patch tokens from `forward_features`, pooled vector from its own head.
+
+    With `train_top` N > 0 the backbone is cut before its last N stages: `trunk` yields the feature
+    map there (as tokens) and `top` runs the rest, so a frozen trunk can be cached while the top
+    trains (`core.towers.frozen`). `forward` is `top(trunk(x))`, what export and evaluation run.
+    """
 
     def __init__(self, cfg: ImageTowerConfig):
         super().__init__()
@@ -71,6 +91,30 @@ class TimmImageTower(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         img_size = cfg.model_kwargs.get("img_size")
         self.image_size = cfg.image_size or (int(img_size) if isinstance(img_size, int) else None)
+        self.top_stages = cfg.train_top
+        if self.top_stages:
+            stages = backbone_stages(model)[1]
+            if self.top_stages > len(stages):
+                raise ValueError(f"image_tower.train_top: {cfg.name} has {len(stages)} stages, got {self.top_stages}")
+
+    def trunk_modules(self) -> list[nn.Module]:
+        """What runs before the cut (the whole tower when nothing is cut)."""
+        if not self.top_stages:
+            return [self]
+        stem, stages, _ = backbone_stages(self.model)
+        return stem + stages[:-self.top_stages]
+
+    def top_modules(self) -> list[nn.Module]:
+        """What runs after the cut, trainable under a frozen trunk."""
+        if not self.top_stages:
+            return []
+        _, stages, tail = backbone_stages(self.model)
+        return stages[-self.top_stages:] + tail
+
+    def train(self, mode: bool = True) -> "TimmImageTower":
+        super().train(mode)
+        keep_trunk_in_eval(self)
+        return self
 
     def preprocess(self) -> ImagePreprocess:
         """The model's normalisation at the configured size; no crop margin (objects at edges matter)."""
@@ -86,7 +130,34 @@ class TimmImageTower(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
-        feats = self.model.forward_features(pixels)
+        if not self.top_stages:
+            return self._output(self.model.forward_features(pixels))
+        return self.top(self.trunk(pixels, mask))
+
+    def trunk(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
+        """The feature map at the cut as (B, H*W, C) tokens (pooled: their mean); everything when uncut."""
+        if not self.top_stages:
+            return self(pixels, mask)
+        x = pixels
+        for module in self.trunk_modules():
+            x = module(x)
+        tokens = x.flatten(2).transpose(1, 2)
+        return TokenOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device), tokens.mean(1))
+
+    def top(self, cut: TokenOutput) -> TokenOutput:
+        """The tower's output from the trunk's (identity when uncut)."""
+        if not self.top_stages:
+            return cut
+        b, t, c = cut.tokens.shape
+        side = math.isqrt(t)
+        if side * side != t:
+            raise ValueError(f"image tower: {t} trunk tokens do not form a square grid")
+        x = cut.tokens.transpose(1, 2).reshape(b, c, side, side)
+        for module in self.top_modules():
+            x = module(x)
+        return self._output(x)
+
+    def _output(self, feats: torch.Tensor) -> TokenOutput:
         pooled = self.model.forward_head(feats, pre_logits=True)
         if feats.ndim == 4:
             tokens = feats.flatten(1, 2) if self.channels_last_output else feats.flatten(2).transpose(1, 2)
@@ -105,6 +176,18 @@ class RegionFeatureTower(nn.Module):
 
     def preprocess(self) -> None:
         return None
+
+    def trunk_modules(self) -> list[nn.Module]:
+        return [self]
+
+    def top_modules(self) -> list[nn.Module]:
+        return []
+
+    def trunk(self, regions: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
+        return self(regions, mask)
+
+    def top(self, cut: TokenOutput) -> TokenOutput:
+        return cut
 
     def forward(self, regions: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
         if mask is None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.towers.heads import keep_trunk_in_eval
 from core.towers.image import TokenOutput
 
 
@@ -18,7 +19,7 @@ class TextTower(nn.Module):
     weights from the current torch seed (used for models trained from scratch).
     """
 
-    def __init__(self, name_or_path: str | Path, max_length: int, fresh_init: bool = False):
+    def __init__(self, name_or_path: str | Path, max_length: int, fresh_init: bool = False, train_top: int = 0):
         super().__init__()
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Pooling
@@ -34,6 +35,32 @@ class TextTower(nn.Module):
         self.max_length = min(max_length, model_limit)
         self.out_dim = int(transformer.get_embedding_dimension())
         self.source = str(name_or_path)
+        self.top_layers = train_top
+        if train_top:
+            layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+            if not isinstance(layers, nn.ModuleList) or not hasattr(self.encoder, "embeddings"):
+                raise ValueError(f"text_tower.train_top: {self.source} is not a BERT-style encoder "
+                                 "(embeddings + encoder.layer), so it cannot be cut between layers")
+            if train_top > len(layers):
+                raise ValueError(f"text_tower.train_top: {self.source} has {len(layers)} layers, got {train_top}")
+
+    def _layers(self) -> list[nn.Module]:
+        return list(self.encoder.encoder.layer)
+
+    def trunk_modules(self) -> list[nn.Module]:
+        """What runs before the cut (the whole tower when nothing is cut)."""
+        if not self.top_layers:
+            return [self]
+        return [self.encoder.embeddings] + self._layers()[:-self.top_layers]
+
+    def top_modules(self) -> list[nn.Module]:
+        """The last `train_top` layers, trainable under a frozen trunk."""
+        return self._layers()[-self.top_layers:] if self.top_layers else []
+
+    def train(self, mode: bool = True) -> "TextTower":
+        super().train(mode)
+        keep_trunk_in_eval(self)
+        return self
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Pad to the longest caption, truncate at `max_length` (the runtime does the same)."""
@@ -41,7 +68,36 @@ class TextTower(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
+        if self.top_layers:
+            return self.top(self.trunk(input_ids, attention_mask))
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._output(hidden, attention_mask)
+
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
+        """Hidden states at the cut (pooled: their masked mean); the whole tower's output when uncut."""
+        if not self.top_layers:
+            return self(input_ids, attention_mask)
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        hidden = self._run(self._layers()[:-self.top_layers], hidden, attention_mask)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return TokenOutput(hidden, attention_mask.bool(), (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
+
+    def top(self, cut: TokenOutput) -> TokenOutput:
+        """The tower's output from the trunk's (identity when uncut)."""
+        if not self.top_layers:
+            return cut
+        hidden = self._run(self._layers()[-self.top_layers:], cut.tokens, cut.mask)
+        return self._output(hidden, cut.mask.long())
+
+    @staticmethod
+    def _run(layers: list[nn.Module], hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Transformer layers with an additive key mask, the form every attention implementation takes."""
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for layer in layers:
+            hidden = layer(hidden, attention_mask=additive)
+        return hidden
+
+    def _output(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
         if self.pooling is not None:
             pooled = self.pooling({"token_embeddings": hidden, "attention_mask": attention_mask})["sentence_embedding"]
         else:

@@ -51,3 +51,41 @@ def test_cache_is_reused_and_keyed_by_weights(text_model_dir, splits, tmp_path):
 
 def test_trainable_towers_are_not_cached(tiny_student, splits, tmp_path):
     assert frozen_for(tiny_student, splits["val"], tmp_path, 8, CPU) == (None, None)
+
+
+def cut_model(kind, text_model_dir):
+    return build_tiny(kind, text_model_dir, image_tower={**TINY_TOWERS["image_tower"], "freeze": True, "train_top": 1},
+                      text_tower={**TINY_TOWERS["text_tower"], "freeze": True, "train_top": 1})
+
+
+def test_cut_towers_cache_their_trunk_and_run_their_top(text_model_dir, splits, tmp_path):
+    model = cut_model("student", text_model_dir)
+    split = splits["val"]
+    frozen = frozen_for(model, split, tmp_path, 5, CPU)
+    assert frozen[0].tokens.shape[1:] == (4, 16)  # the third stage's 2x2 grid, 16 channels (the last has 32)
+    with torch.no_grad():  # a trained top: the cached trunk outputs still serve it
+        for tower in (model.image_tower, model.text_tower):
+            for p in (p for m in tower.top_modules() for p in m.parameters()):
+                p.add_(0.01 * torch.randn_like(p))
+    assert frozen_for(model, split, tmp_path, 5, CPU)[0].tokens.filename == frozen[0].tokens.filename
+    direct = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False)
+    cached = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False, frozen)
+    for a, b in zip(direct, cached):
+        np.testing.assert_allclose(a, b, atol=2e-3)  # float16 storage
+    whole = frozen_for(frozen_student(text_model_dir), split, tmp_path, 5, CPU)
+    assert whole[0].tokens.filename != frozen[0].tokens.filename  # the cut point is part of the key
+    assert whole[1].tokens.filename != frozen[1].tokens.filename
+
+
+def test_teacher_trains_its_top_from_the_cache(text_model_dir, splits, tmp_path):
+    from core.data.loading import Batch
+
+    teacher = cut_model("teacher", text_model_dir).train()
+    frozen = frozen_for(teacher, splits["train"], tmp_path, 8, CPU)
+    index = torch.arange(4)
+    batch = Batch(image_index=index, caption_index=index * 5, image_features=frozen[0].take(index),
+                  text_features=frozen[1].take(index * 5))
+    teacher(batch)["sims"].sum().backward()
+    for tower in (teacher.image_tower, teacher.text_tower):
+        assert all(p.grad is not None for m in tower.top_modules() for p in m.parameters())
+        assert all(p.grad is None for m in tower.trunk_modules() for p in m.parameters())

@@ -87,3 +87,61 @@ def test_text_tower_truncates_and_fresh_init_differs(text_model_dir):
     b = TextTower(str(text_model_dir), 24, fresh_init=True)
     pa, pb = next(a.encoder.parameters()), next(b.encoder.parameters())
     assert not torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("name, kwargs, top", [
+    ("resnet10t", CNN.model_kwargs, 2),
+    ("tf_efficientnet_lite0", {}, 1),
+    ("tf_efficientnet_lite0", {}, 3),
+])
+def test_cut_image_tower_equals_the_whole_one(name, kwargs, top):
+    whole = TimmImageTower(ImageTowerConfig(name=name, model_kwargs=kwargs, image_size=32)).eval()
+    cut = TimmImageTower(ImageTowerConfig(name=name, model_kwargs=kwargs, image_size=32, freeze=True, train_top=top))
+    cut.load_state_dict(whole.state_dict())
+    cut.eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected, trunk = whole(x), cut.trunk(x)
+    assert trunk.tokens.shape[-1] != expected.tokens.shape[-1] or trunk.tokens.shape[1] != expected.tokens.shape[1]
+    for got in (cut.top(trunk), cut(x)):
+        torch.testing.assert_close(got.tokens, expected.tokens)
+        torch.testing.assert_close(got.pooled, expected.pooled)
+    assert {id(p) for m in cut.top_modules() for p in m.parameters()}.isdisjoint(
+        {id(p) for m in cut.trunk_modules() for p in m.parameters()})
+
+
+def test_image_tower_cut_is_checked():
+    with pytest.raises(ValueError, match="has 4 stages, got 5"):
+        TimmImageTower(ImageTowerConfig(**{**CNN.__dict__, "freeze": True, "train_top": 5}))
+    with pytest.raises(ValueError, match="cannot cut timm model VisionTransformer"):
+        TimmImageTower(ImageTowerConfig(name="test_vit", model_kwargs={"img_size": 32, "patch_size": 8},
+                                        freeze=True, train_top=1))
+
+
+def test_cut_text_tower_equals_the_whole_one(text_model_dir):
+    whole = TextTower(str(text_model_dir), max_length=24).eval()
+    cut = TextTower(str(text_model_dir), max_length=24, train_top=1).eval()
+    cut.load_state_dict(whole.state_dict())
+    enc = whole.tokenize(["a red cube left of a blue ball", "two dogs"])
+    expected = whole(enc["input_ids"], enc["attention_mask"])
+    trunk = cut.trunk(enc["input_ids"], enc["attention_mask"])
+    assert not torch.allclose(trunk.tokens, expected.tokens)
+    for got in (cut.top(trunk), cut(enc["input_ids"], enc["attention_mask"])):
+        valid = expected.mask
+        torch.testing.assert_close(got.tokens[valid], expected.tokens[valid], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.pooled, expected.pooled, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="layers, got 3"):
+        TextTower(str(text_model_dir), max_length=24, train_top=3)
+
+
+def test_frozen_towers_train_only_their_top(text_model_dir):
+    from core.config import TextTowerConfig
+    from core.towers import build_towers
+
+    image, text = build_towers(ImageTowerConfig(**{**CNN.__dict__, "freeze": True, "train_top": 1}),
+                               TextTowerConfig(freeze=True, train_top=1), text_model_dir, None, fresh_text=False)
+    for tower in (image, text):
+        top = {id(p) for m in tower.top_modules() for p in m.parameters()}
+        assert top and all(p.requires_grad == (id(p) in top) for p in tower.parameters())
+        tower.train()
+        assert all(m.training for m in tower.top_modules())
+        assert not any(sub.training for m in tower.trunk_modules() for sub in m.modules())

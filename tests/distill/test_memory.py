@@ -1,7 +1,11 @@
 import torch
 from torch import nn
 
-from distill.memory import EmbeddingBank, FifoQueue, MomentumEncoder, PairQueues
+import torch.nn.functional as F
+
+from core.data.loading import pair_loader
+from distill.memory import EmbeddingBank, FifoQueue, Memory, MomentumEncoder, PairQueues
+from tests.conftest import build_tiny
 
 
 def test_fifo_queue_keeps_the_newest_rows_oldest_first():
@@ -63,3 +67,32 @@ def test_the_momentum_copy_runs_in_the_online_models_mode_whatever_mode_it_was_c
     trained = momentum.keys(torch.ones(1000), {}, training=True)
     assert (trained == 0).any()  # dropout on, though the copy was made in eval mode
     assert torch.equal(momentum.keys(torch.ones(1000), {}, training=False), torch.ones(1000))
+
+
+def test_each_step_moves_a_token_level_students_banks_towards_the_batchs_valid_tokens(text_model_dir, splits):
+    student = build_tiny("student", text_model_dir, memory_bank={"slots": 4, "level": "token", "momentum": 0.5})
+    memory = Memory(MomentumEncoder(student, 0.0), None, None, memory_banks=True)
+    loader = pair_loader(splits["train"], student.image_tower.preprocess(), student.tokenize, 6, batching="random",
+                         generator=torch.Generator().manual_seed(0))
+    batches, banks = iter(loader), student.token_memory
+    for step in range(2):
+        batch = next(batches)
+        with torch.no_grad():
+            keys = memory.keys(batch, student(batch), training=True)
+        before = banks.text_bank.clone()
+        memory.update(student, keys, batch.image_index, batch.caption_index)
+        valid = F.normalize(keys["txt_tokens"][keys["txt_local_mask"]], dim=-1)
+        if step == 0:  # filled from the batch's valid words, never from padding
+            assert not keys["txt_local_mask"].all()
+            assert torch.allclose((banks.text_bank @ valid.T).max(dim=1).values, torch.ones(4))
+            continue
+        assert not torch.equal(banks.text_bank, before)
+        assign = (valid @ before.T).argmax(dim=1)  # each centre moved towards the mean of the words nearest it
+        for slot in range(4):
+            mean = F.normalize(valid[assign == slot].sum(0), dim=-1)
+            if (assign == slot).any():
+                assert banks.text_bank[slot] @ mean >= before[slot] @ mean - 1e-6
+            else:
+                assert torch.equal(banks.text_bank[slot], before[slot])
+    assert float(banks.filled) == 1.0
+    torch.testing.assert_close(banks.image_bank.norm(dim=1), torch.ones(4))

@@ -61,3 +61,16 @@ def test_a_run_writing_more_than_the_disk_limit_is_refused_naming_the_largest_wr
     plan = make_plan(features_config, shapes={"train": COCO, "val": COCO_VAL, "test": COCO_TEST})
     assert len(plan.problems) == 1 and "limits.disk_gib" in plan.problems[0]
     assert "teacher tokens train" in plan.problems[0] and "REFUSED" in plan.table()
+
+
+def test_a_cut_tower_caches_its_trunk_and_trains_its_top():
+    from distill.plan import model_size
+
+    frozen = ["teacher.image_tower.freeze=true", "teacher.text_tower.freeze=true"]
+    whole = model_size(cfg := load_config(None, frozen), cfg.teacher)
+    cut = load_config(None, [*frozen, "teacher.image_tower.train_top=1", "teacher.text_tower.train_top=1"])
+    size = model_size(cut, cut.teacher)
+    assert (whole.cached_image_tokens, whole.cached_image_width) == (whole.image_tokens, whole.image_width)
+    assert (size.cached_image_tokens, size.cached_image_width) == (16, 128)  # the third stage's 4x4 grid at 64 px
+    assert size.trainable > whole.trainable and size.frozen < whole.frozen
+    assert size.trainable + size.frozen == whole.trainable + whole.frozen

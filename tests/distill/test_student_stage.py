@@ -1,3 +1,4 @@
+import pytest
 from torch import nn
 
 from core.config import Config, StudentConfig
@@ -37,6 +38,24 @@ def test_enhancement_variants_keep_only_their_components():
     assert [t.name for t in student_objective(hierarchical).terms] == ["contrastive", "lexical"]
     assert all(component_on(variant_config(cfg, "distilled"), c) for c in ("memory_bank", "hierarchy", "self_guided",
                                                                            "guided", "queue", "kd"))
+
+
+@pytest.mark.parametrize("configured", ["global", "token"])
+def test_member_variants_run_their_level_from_one_config(configured):
+    cfg = _configured()
+    cfg.student.memory_bank.level = configured
+    for variant, level in (("member", "global"), ("member-token", "token"), ("kd+member-token", "token")):
+        student = variant_config(cfg, variant)
+        assert student.memory_bank.slots == 8 and student.memory_bank.level == level, variant
+        assert component_on(student, "memory_token") == (level == "token") != component_on(student, "memory_bank")
+    assert variant_config(cfg, "kd+member-token").losses.kd.weight > 0
+    distilled = variant_config(cfg, "distilled")  # the configured level; the other level's component is off
+    assert distilled.memory_bank.slots == 8 and distilled.memory_bank.level == configured
+    assert component_on(distilled, "memory_token") == (configured == "token")
+    for variant in ("baseline", "kd", "hierarchical"):
+        assert variant_config(cfg, variant).memory_bank.slots == 0
+    cfg.student.memory_bank.slots = 0  # off in the config: both variants have nothing to keep
+    assert not component_on(variant_config(cfg, "member-token"), "memory_token")
 
 
 def test_user_reads_the_queues_with_its_contrastive_term_unless_a_kept_term_is_configured_to():

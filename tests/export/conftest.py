@@ -16,6 +16,24 @@ def gate_data(student, split: CaptionSplit) -> GateData:
     return GateData(batch.images.numpy(), mask, list(split.captions), split.captions_per_image)
 
 
+def assert_runtime_reproduces(student, export_dir, split: CaptionSplit) -> None:
+    """The torch-free runtime's caption (5 of `split`'s and a one-word one) and image (4 of `split`'s)
+    embeddings equal the PyTorch student's."""
+    import numpy as np
+
+    from export.runtime import OnnxStudent
+
+    runtime = OnnxStudent(export_dir)
+    texts = list(split.captions[:5]) + ["a"]
+    tokens = student.tokenize(texts)
+    batch = next(iter(image_loader(split.head(4), student.image_tower.preprocess(), 4)))
+    with torch.no_grad():
+        text_ref = student.encode_text(tokens["input_ids"], tokens["attention_mask"]).numpy()
+        image_ref = student.encode_images(batch.images).numpy()
+    np.testing.assert_allclose(runtime.encode_text(texts), text_ref, atol=1e-5)
+    np.testing.assert_allclose(runtime.encode_image_files(list(split.image_paths[:4])), image_ref, atol=1e-5)
+
+
 def export(student, out, cfg, data: GateData):
     weights = out.parent / f"{out.name}.safetensors"
     weights.write_bytes(b"checkpoint " + out.name.encode())

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from core.data.loading import pair_loader
-from student.enhance import CrossModalMemory, SelfGuidedWeights, hierarchical_concat, masked_mean
+from core.towers.image import TokenOutput
+from student.enhance import CrossModalMemory, SelfGuidedWeights, TokenMemory, hierarchical_concat, masked_mean
 from tests.conftest import build_tiny
 
 
@@ -63,6 +64,79 @@ def test_memory_banks_are_constant_buffers_at_inference(text_model_dir, splits):
         assert torch.equal(v, banks[k]), k
     assert out["img_base"].shape == out["img_global"].shape == (6, 32)
     assert not torch.allclose(out["img_base"], out["img_global"])  # the read changed the embedding
+
+
+def test_token_memory_is_a_no_op_until_filled_then_adds_the_attention_weighted_bank_to_valid_tokens():
+    torch.manual_seed(0)
+    memory = TokenMemory(slots=3, image_width=4, text_width=4, mix=0.5, temperature=0.1, momentum=0.9)
+    tokens, mask = torch.randn(2, 3, 4), torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
+    torch.testing.assert_close(memory.images(tokens, mask), tokens)  # before the first fill
+    memory.update(torch.randn(20, 4), torch.randn(20, 4))
+    fused = memory.images(tokens, mask)
+    # equal widths: the association starts as the identity, so a token reads the softmax-weighted bank
+    attention = torch.softmax(F.normalize(tokens, dim=-1) @ memory.text_bank.T / 0.1, dim=-1)
+    expected = tokens + 0.5 * tokens.norm(dim=-1, keepdim=True) * (attention @ memory.text_bank)
+    torch.testing.assert_close(fused[mask], expected[mask])
+    torch.testing.assert_close(fused[~mask], tokens[~mask])  # padding is left alone
+    words = torch.randn(2, 5, 4)
+    attention = torch.softmax(F.normalize(words, dim=-1) @ memory.image_bank.T / 0.1, dim=-1)
+    torch.testing.assert_close(memory.captions(words, torch.ones(2, 5, dtype=torch.bool)),
+                               words + 0.5 * words.norm(dim=-1, keepdim=True) * (attention @ memory.image_bank))
+
+
+def test_token_memory_bridges_token_widths_with_a_learned_association():
+    memory = TokenMemory(slots=3, image_width=6, text_width=4, mix=0.5, temperature=0.1, momentum=0.9)
+    memory.update(torch.randn(20, 6), torch.randn(20, 4))
+    assert memory.image_bank.shape == (3, 6) and memory.text_bank.shape == (3, 4)
+    images, words = torch.randn(2, 3, 6, requires_grad=True), torch.randn(2, 5, 4)
+    fused = memory.images(images, torch.ones(2, 3, dtype=torch.bool))
+    assert fused.shape == images.shape and memory.captions(words, torch.ones(2, 5, dtype=torch.bool)).shape == words.shape
+    fused.sum().backward()
+    assert memory.text_to_image.weight.grad is not None and memory.text_to_image.weight.grad.abs().sum() > 0
+
+
+def test_token_banks_learn_from_valid_pre_fusion_tokens_only_and_move_towards_them(text_model_dir):
+    student = build_tiny("student", text_model_dir, memory_bank={"slots": 2, "level": "token", "momentum": 0.5})
+    axes = torch.eye(32)
+    padded = torch.stack([axes[0], axes[1], 100 * axes[2]])[None]  # the third token is padding
+    mask = torch.tensor([[True, True, False]])
+    keys = {"img_tokens": padded, "img_local_mask": mask, "txt_tokens": padded, "txt_local_mask": mask}
+    student.update_memory(keys)
+    banks = student.token_memory
+    torch.testing.assert_close(banks.image_bank, axes[:2])  # the padding token never entered
+    torch.testing.assert_close(banks.text_bank, axes[:2])
+    pulled = F.normalize(axes[0] + axes[3], dim=-1)
+    student.update_memory({**keys, "img_tokens": pulled[None, None], "img_local_mask": torch.ones(1, 1).bool()})
+    moved = F.normalize(0.5 * axes[0] + 0.5 * pulled, dim=-1)  # the nearest centre moves, by the shared EMA
+    torch.testing.assert_close(banks.image_bank[0], moved)
+    torch.testing.assert_close(banks.image_bank[1], axes[1])
+
+
+@pytest.mark.parametrize("image_pooling", ["tower", "flatten"])
+def test_token_memory_student_fuses_tokens_before_pooling(text_model_dir, splits, image_pooling):
+    student = build_tiny("student", text_model_dir, memory_bank={"slots": 6, "level": "token"},
+                         image_pooling=image_pooling)
+    plain = build_tiny("student", text_model_dir, image_pooling=image_pooling)
+    assert student.memory is None and not student.plain_text_side
+    assert {"token_memory.image_bank", "token_memory.text_bank", "token_memory.filled"} <= set(student.state_dict())
+    assert not any("bank" in name for name, _ in student.named_parameters())
+    batch = _batch(student, splits["train"])
+    with torch.no_grad():  # not filled yet: the masked mean of the unchanged tokens, the plain student's pooling
+        torch.testing.assert_close(student.encode_text(batch.input_ids, batch.attention_mask),
+                                   plain.encode_text(batch.input_ids, batch.attention_mask))
+        torch.testing.assert_close(student.encode_images(batch.images), plain.encode_images(batch.images))
+        out = student(batch)
+        student.update_memory(out)
+    assert out["txt_tokens"].shape[:2] == out["txt_local_mask"].shape and not out["txt_local_mask"].all()
+    valid = F.normalize(out["txt_tokens"][out["txt_local_mask"]], dim=-1)
+    assert torch.allclose((student.token_memory.text_bank @ valid.T).max(dim=1).values, torch.ones(6))
+    with torch.no_grad():
+        text = student.text_tower(batch.input_ids, batch.attention_mask)
+        fused = student.captions_from(text)
+        assert not torch.allclose(fused, plain.captions_from(text))
+        noisy = text.tokens.masked_fill(~text.mask.unsqueeze(-1), 50.0)  # padding (and the tower's pooling) unused
+        torch.testing.assert_close(student.captions_from(TokenOutput(noisy, text.mask, torch.randn_like(text.pooled))),
+                                   fused)
 
 
 def test_self_guided_weights_start_uniform_and_ignore_padding():

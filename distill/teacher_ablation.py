@@ -1,0 +1,90 @@
+"""`itr-distill ablate-teachers`: fit each named teacher variant (the configured teacher with dotted
+`teacher.*` overrides, `experiment.teacher_variants`) over seeds, evaluate it on the evaluation split,
+and write the table (JSON + Markdown) beside the student ablation.
+
+Each variant fits in its own run directory under `run_dir/teachers/<name>-seed<seed>`, reading the
+run's frozen-trunk caches (shared by key, so variants with the same trunk share one); the configured
+teacher at the run's seed is the run's own `teacher/` (fitted once, by `run` or here).
+Selection uses the configured val split, never the one the table reports.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from core.config import Config, apply_overrides
+from core.devices import resolve_device
+from core.io import read_json, write_json, write_text
+from core.machine import machine_info
+from core.schema import build, to_dict
+from core.towers.frozen import frozen_for
+from distill.stages import load_split, stage_teacher_fit
+from distill.workspace import RunPaths, load_model
+from eval.ablation_table import summarise_rows, to_markdown
+from eval.evaluate import metrics_for, teacher_sims
+
+log = logging.getLogger("itr_distill")
+REFERENCE = "configured"
+
+
+def variant_run(cfg: Config, name: str, seed: int) -> Config:
+    """The config of one teacher variant and seed, in its own run directory sharing the run's caches
+    (the configured teacher at the run's own seed is the run's teacher)."""
+    if name == REFERENCE and seed == cfg.seed:
+        return cfg
+    overrides = cfg.experiment.teacher_variants.get(name, [])
+    root = RunPaths(cfg.run_dir)
+    run_dir = root.root / "teachers" / f"{name}-seed{seed}"
+    variant = build(Config, apply_overrides(to_dict(cfg), [*overrides, f"run_dir={run_dir}", f"seed={seed}"]),
+                    f"experiment.teacher_variants.{name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root.features.mkdir(parents=True, exist_ok=True)
+    shared = run_dir / "features"
+    if not shared.exists():
+        shared.symlink_to(root.features.resolve(), target_is_directory=True)
+    return variant
+
+
+def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
+                          force: bool = False) -> dict[str, Any]:
+    """Fit and evaluate every teacher variant (the configured teacher first) for every seed."""
+    known = [REFERENCE, *cfg.experiment.teacher_variants]
+    names = names or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown teacher variant(s) {unknown} (experiment.teacher_variants names {known[1:]})")
+    seeds = seeds or list(cfg.experiment.seeds)
+    device = resolve_device(cfg.device)
+    split = load_split(cfg, cfg.eval.split)
+    rows = []
+    for name in names:
+        per_seed, selection, seconds = [], [], []
+        for seed in seeds:
+            variant = variant_run(cfg, name, seed)
+            start = time.perf_counter()
+            out = stage_teacher_fit(variant, force)
+            seconds.append(time.perf_counter() - start)
+            teacher = load_model(out, device)
+            frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
+            sims = teacher_sims(teacher, split, teacher.image_tower.preprocess(), cfg.eval.batch_size, device, False,
+                                frozen)
+            per_seed.append(metrics_for(sims, split, cfg.eval.folds))
+            training = read_json(out / "training.json")
+            chosen = next(h for h in training["history"] if h["epoch"] == training["selected_epoch"])
+            selection.append({"epoch": training["selected_epoch"], "rsum": chosen.get("val", {}).get("rsum")})
+            log.info("teacher ablation %s seed %d: rsum %.1f", name, seed, per_seed[-1]["rsum"])
+        overrides = cfg.experiment.teacher_variants.get(name, [])
+        rows.append({"variant": name, "label": name, "terms": overrides or ["as configured"], "seeds": seeds,
+                     "per_seed": per_seed, "selection": selection, "fit_seconds": seconds})
+    train = cfg.teacher.train
+    table = {"split": cfg.eval.split, "gallery_images": split.n_images, "seeds": seeds,
+             "budget": f"at most {train.epochs} epochs of batch {train.batch_size} unless overridden, "
+                       f"selection {train.select} on `{cfg.data.splits.val}`",
+             "rows": summarise_rows(rows, reference=REFERENCE), "skipped": [], "machine": machine_info(),
+             "command": command}
+    out = RunPaths(cfg.run_dir).root / "ablation"
+    write_json(out / "teachers.json", table)
+    write_text(out / "teachers.md", to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
+    log.info("teacher ablation table written to %s", out / "teachers.md")
+    return table

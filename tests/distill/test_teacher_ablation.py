@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import yaml
+
+from core.config import ConfigError, load_config
+from distill.cli import main
+from tests.conftest import tiny_config_dict
+
+
+def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
+    cfg = tiny_config_dict(tmp_path / "run", tmp_path / "data")
+    cfg["teacher"] = {**cfg["teacher"], "image_tower": {**cfg["teacher"]["image_tower"], "freeze": True},
+                      "train": {**cfg["teacher"]["train"], "epochs": 1}}
+    cfg["experiment"] = {"seeds": [0], "teacher_variants": {
+        "top": ["teacher.image_tower.train_top=1", "teacher.image_tower.lr_scale=0.1"],
+        "mlp": ["teacher.projection=mlp"]}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["data", str(tmp_path / "tiny.yaml")]) == 0
+    assert main(["ablate-teachers", str(tmp_path / "tiny.yaml"), "--seeds", "0", "1", "--variants", "configured",
+                 "top"]) == 0
+    table = json.loads((tmp_path / "run/ablation/teachers.json").read_text())
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert list(rows) == ["configured", "top"] and table["seeds"] == [0, 1]
+    assert rows["top"]["terms"] == ["teacher.image_tower.train_top=1", "teacher.image_tower.lr_scale=0.1"]
+    for name, row in rows.items():
+        assert len(row["per_seed"]) == 2 and all(s["epoch"] == 1 for s in row["selection"])
+        for seed in (0, 1):
+            run = tmp_path / "run/teachers" / f"{name}-seed{seed}"
+            if (name, seed) == ("configured", 0):  # the run's own teacher
+                assert not run.exists() and (tmp_path / "run/teacher/model.safetensors").is_file()
+                continue
+            assert (run / "teacher/model.safetensors").is_file()
+            assert (run / "features").resolve() == (tmp_path / "run/features").resolve()  # caches shared by key
+    fitted = json.loads((tmp_path / "run/teachers/top-seed0/teacher/model.json").read_text())
+    assert fitted["config"]["image_tower"]["train_top"] == 1
+    assert rows["top"]["per_seed"][0] != rows["configured"]["per_seed"][0]
+    assert rows["top"]["rsum_vs_contrastive"]["delta"] == pytest.approx(
+        rows["top"]["mean"]["rsum"] - rows["configured"]["mean"]["rsum"])
+    markdown = (tmp_path / "run/ablation/teachers.md").read_text()
+    assert "## Teacher ablation" in markdown and "| top | teacher.image_tower.train_top=1" in markdown
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"configured": ["teacher.margin=0.1"]}, "not a usable name"),
+    ({"wide": ["student.embed_dim=64"]}, "not a teacher.KEY=VALUE override"),
+])
+def test_bad_teacher_variants_are_named(variants, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"experiment.teacher_variants={json.dumps(variants)}"])
