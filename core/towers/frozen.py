@@ -26,10 +26,6 @@ from core.progress import progress
 from core.towers.image import TokenOutput
 
 
-def is_frozen(module: nn.Module) -> bool:
-    return not any(p.requires_grad for p in module.parameters())
-
-
 def cacheable(tower: nn.Module) -> bool:
     """Whether a tower's trunk (the whole tower unless `train_top` cuts it) has weights and none train."""
     params = [p for m in tower.trunk_modules() for p in m.parameters()]
