@@ -230,16 +230,35 @@ class ImramConfig:
 
 
 @dataclass
+class CrossConfig:
+    """The joint transformer of `teacher.matching: cross` (the interactive teacher of ALADIN / OSCAR-style
+    models): the [CLS] token of a few pre-norm layers over an image's and a caption's tokens feeds a
+    matching head. Trained on lists of the positive and the `negatives` hardest in-batch candidates by
+    the teacher's own global score, which is also its first stage wherever every pair costs too much."""
+
+    layers: int = 2
+    heads: int = 4
+    ff_dim: int = 512
+    dropout: float = 0.1
+    negatives: int = 3  # hard negatives per image and per caption in each training batch
+    eval_top_k: int = 50  # evaluation re-ranks each query's top-K by the global score; 0: scores every pair
+
+    def problems(self) -> list[str]:
+        return _positive(self, "layers", "heads", "ff_dim", "negatives") + _non_negative(self, "dropout", "eval_top_k")
+
+
+@dataclass
 class TeacherConfig:
-    """The interactive matcher: towers, token projections, SCAN, and its hinge objective."""
+    """The interactive matcher: towers, token projections, SCAN / IMRAM / a cross-encoder, and its objective."""
 
     image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text_tower: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 256
     projection: Literal["linear", "mlp"] = "linear"  # token projection into the joint space
-    matching: Literal["scan", "imram"] = "scan"  # the fine-grained score
+    matching: Literal["scan", "imram", "cross"] = "scan"  # the fine-grained score
     scan: ScanConfig = field(default_factory=ScanConfig)
     imram: ImramConfig = field(default_factory=ImramConfig)
+    cross: CrossConfig = field(default_factory=CrossConfig)
     global_weight: float = 1.0  # adds global_weight * cos(pooled image, pooled caption) to the score
     margin: float = 0.2
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
@@ -247,7 +266,13 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=7))
 
     def problems(self) -> list[str]:
-        return _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
+        out = _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
+        if self.matching == "cross" and not self.global_weight > 0:
+            out.append("matching: 'cross' needs global_weight > 0 (the global score mines its hard negatives "
+                       "and is its first stage)")
+        if self.matching == "cross" and self.embed_dim % self.cross.heads:
+            out.append(f"cross.heads: {self.cross.heads} must divide embed_dim {self.embed_dim}")
+        return out
 
 
 @dataclass
@@ -538,6 +563,9 @@ class ExperimentConfig:
     # `itr-distill ablate-teachers`: named teachers, each the configured one with these dotted
     # overrides of `teacher.*` settings (e.g. {top: [teacher.image_tower.train_top=1]}).
     teacher_variants: dict[str, list[str]] = field(default_factory=dict)
+    # Rows that combine fitted teachers (`configured` or teacher_variants names): the sum of their
+    # standardised scores, weights chosen on the selection split (e.g. {pair: [configured, lite2]}).
+    teacher_ensembles: dict[str, list[str]] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = []
@@ -551,6 +579,13 @@ class ExperimentConfig:
             bad = [o for o in overrides if not (isinstance(o, str) and o.startswith("teacher.") and "=" in o)]
             if bad:
                 out.append(f"teacher_variants.{name}: {bad[0]!r} is not a teacher.KEY=VALUE override")
+        teachers = ["configured", *self.teacher_variants]
+        for name, members in self.teacher_ensembles.items():
+            if name in teachers:
+                out.append(f"teacher_ensembles: {name!r} is already a teacher's name")
+            unknown = [m for m in members if m not in teachers]
+            if unknown or len(set(members)) < 2 or len(set(members)) != len(members):
+                out.append(f"teacher_ensembles.{name}: needs two or more distinct teachers of {teachers}, got {members}")
         return out
 
 

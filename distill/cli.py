@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _add_config_args(sub.add_parser("data", help="generate (synthetic) and check the dataset splits"))
     teacher = sub.add_parser("teacher", help="teacher stages").add_subparsers(dest="teacher_command", required=True)
-    fit = teacher.add_parser("fit", help="fit the SCAN teacher (VSE++ hinge)")
+    fit = teacher.add_parser("fit", help="fit the teacher (SCAN / IMRAM: VSE++ hinge; cross-encoder: + hard-negative lists)")
     _add_config_args(fit)
     _add_resume(fit)
     score = teacher.add_parser("score", help="score a split into a teacher score cache (all pairs, or each query's "

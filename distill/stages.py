@@ -32,7 +32,7 @@ from distill.workspace import (RunPaths, feature_dim, load_model, new_model, sav
                                up_to_date)
 from eval.bench import run_benchmark
 from eval.bench_tables import write_bench_files
-from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_sims
+from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_metrics, teacher_split_metrics
 from eval.report import write_report
 from eval.rerank import rerank_metrics, with_first_stage
 from eval.metrics import retrieval_metrics
@@ -142,7 +142,7 @@ def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) ->
     save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)
     pre, bs = teacher.image_tower.preprocess(), cfg.eval.batch_size
     frozen_val = frozen_for(teacher, val, paths.features, bs, device)
-    evaluate = lambda m: metrics_for(teacher_sims(m, val, pre, bs, device, False, frozen_val), val)
+    evaluate = lambda m: teacher_split_metrics(m, val, pre, bs, device, False, frozen_val)[0]
     result = fit(teacher, teacher_objective(cfg.teacher), train, pre, cfg.teacher.train, out, cfg.seed, device,
                  lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale, "text_tower": cfg.teacher.text_tower.lr_scale},
                  evaluate=evaluate, desc="teacher", frozen=frozen_for(teacher, train, paths.features, bs, device),
@@ -318,6 +318,8 @@ def _student_dirs(cfg: Config) -> list[Path]:
 def _teacher_label(cfg) -> str:
     if cfg.matching == "imram":
         return f"IMRAM, {cfg.imram.side} side, {cfg.imram.steps} steps"
+    if cfg.matching == "cross":
+        return f"cross-encoder, {cfg.cross.layers} layer(s)"
     return f"SCAN {cfg.scan.direction}"
 
 
@@ -340,9 +342,10 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
     scorer = None
     if (paths.teacher / "model.safetensors").is_file():
         teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
-        sims = score_all(teacher, store.images, store.captions, cfg.scores.block_gib, bf16=cfg.scores.bf16)
+        metrics, scored = teacher_metrics(teacher, store.images, store.captions, split, folds, cfg.scores.block_gib,
+                                          cfg.scores.bf16)
         systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": _teacher_label(teacher.cfg),
-                        "metrics": metrics_for(sims, split, folds), "token_dtype": cfg.scores.token_dtype})
+                        "metrics": metrics, "scored": scored, "token_dtype": cfg.scores.token_dtype})
         scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
     by_name = {}
     rerank_source = _rerank_source(cfg, paths)

@@ -13,7 +13,11 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+import torch
+
 from core.config import Config, apply_overrides
+from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
@@ -22,7 +26,11 @@ from core.towers.frozen import frozen_for
 from distill.stages import load_split, stage_teacher_fit
 from distill.workspace import RunPaths, load_model
 from eval.ablation_table import summarise_rows, to_markdown
-from eval.evaluate import metrics_for, teacher_sims
+from eval.ensemble import fit_ensemble
+from eval.evaluate import teacher_split_metrics
+from eval.metrics import retrieval_metrics
+from teacher.scoring import encode_split as teacher_encode
+from teacher.scoring import score_all
 
 log = logging.getLogger("itr_distill")
 REFERENCE = "configured"
@@ -48,17 +56,20 @@ def variant_run(cfg: Config, name: str, seed: int) -> Config:
 
 def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
                           force: bool = False) -> dict[str, Any]:
-    """Fit and evaluate every teacher variant (the configured teacher first) for every seed."""
-    known = [REFERENCE, *cfg.experiment.teacher_variants]
+    """Fit and evaluate every teacher variant (the configured teacher first) for every seed, then the
+    ensembles of fitted variants (`--force` refits the variants named, never an ensemble's members)."""
+    ensembles = cfg.experiment.teacher_ensembles
+    known = [REFERENCE, *cfg.experiment.teacher_variants, *ensembles]
     names = names or known
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown teacher variant(s) {unknown} (experiment.teacher_variants names {known[1:]})")
+        raise ValueError(f"unknown teacher variant(s) {unknown} (experiment.teacher_variants and "
+                         f"teacher_ensembles name {known[1:]})")
     seeds = seeds or list(cfg.experiment.seeds)
     device = resolve_device(cfg.device)
     split = load_split(cfg, cfg.eval.split)
     rows = []
-    for name in names:
+    for name in (n for n in names if n not in ensembles):
         per_seed, selection, seconds = [], [], []
         for seed in seeds:
             variant = variant_run(cfg, name, seed)
@@ -67,16 +78,20 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
             seconds.append(time.perf_counter() - start)
             teacher = load_model(out, device)
             frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
-            sims = teacher_sims(teacher, split, teacher.image_tower.preprocess(), cfg.eval.batch_size, device, False,
-                                frozen)
-            per_seed.append(metrics_for(sims, split, cfg.eval.folds))
+            metrics, scored = teacher_split_metrics(teacher, split, teacher.image_tower.preprocess(),
+                                                    cfg.eval.batch_size, device, False, frozen, cfg.eval.folds)
+            per_seed.append(metrics)
             training = read_json(out / "training.json")
             chosen = next(h for h in training["history"] if h["epoch"] == training["selected_epoch"])
             selection.append({"epoch": training["selected_epoch"], "rsum": chosen.get("val", {}).get("rsum")})
             log.info("teacher ablation %s seed %d: rsum %.1f", name, seed, per_seed[-1]["rsum"])
-        overrides = cfg.experiment.teacher_variants.get(name, [])
-        rows.append({"variant": name, "label": name, "terms": overrides or ["as configured"], "seeds": seeds,
+        overrides = cfg.experiment.teacher_variants.get(name, []) or ["as configured"]
+        if scored != "every pair":
+            overrides = [*overrides, f"evaluated on the {scored}"]
+        rows.append({"variant": name, "label": name, "terms": overrides, "seeds": seeds,
                      "per_seed": per_seed, "selection": selection, "fit_seconds": seconds})
+    for name in (n for n in names if n in ensembles):  # members fitted above or now, never refitted here
+        rows.append(_ensemble_row(cfg, name, seeds, split, device))
     train = cfg.teacher.train
     table = {"split": cfg.eval.split, "gallery_images": split.n_images, "seeds": seeds,
              "budget": f"at most {train.epochs} epochs of batch {train.batch_size} unless overridden, "
@@ -88,3 +103,33 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     write_text(out / "teachers.md", to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
     log.info("teacher ablation table written to %s", out / "teachers.md")
     return table
+
+
+def _scores(cfg: Config, name: str, seed: int, split: CaptionSplit, device: torch.device) -> np.ndarray:
+    """Every-pair scores of a split by one fitted teacher variant (fitted here when missing)."""
+    variant = variant_run(cfg, name, seed)
+    teacher = load_model(stage_teacher_fit(variant), device)
+    frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
+    images, captions = teacher_encode(teacher, split, teacher.image_tower.preprocess(), cfg.eval.batch_size, device,
+                                      False, frozen)
+    return score_all(teacher, images, captions, progress=False)
+
+
+def _ensemble_row(cfg: Config, name: str, seeds: list[int], split: CaptionSplit, device: torch.device) -> dict[str, Any]:
+    """An ensemble's row: per seed, its members' scores standardised and weighted as the selection
+    split prefers, evaluated on the eval split."""
+    members = cfg.experiment.teacher_ensembles[name]
+    selection_split = load_split(cfg, "val")
+    per_seed, selection = [], []
+    for seed in seeds:
+        chosen = fit_ensemble([_scores(cfg, m, seed, selection_split, device) for m in members],
+                              selection_split.captions_per_image)
+        sims = chosen.combine([_scores(cfg, m, seed, split, device) for m in members])
+        per_seed.append(retrieval_metrics(sims, split.captions_per_image, cfg.eval.folds))
+        selection.append({"weights": dict(zip(members, chosen.weights)), "rsum": chosen.selection_rsum})
+        log.info("teacher ensemble %s seed %d: weights %s, rsum %.1f", name, seed, selection[-1]["weights"],
+                 per_seed[-1]["rsum"])
+    weights = "; ".join(" + ".join(f"{w:.1f} {m}" for m, w in s["weights"].items()) for s in selection)
+    return {"variant": name, "label": name, "terms": [f"ensemble of {', '.join(members)}",
+                                                       f"weights (per seed) {weights}"],
+            "seeds": seeds, "per_seed": per_seed, "selection": selection, "fit_seconds": []}

@@ -92,6 +92,20 @@ class HingeTerm(LossTerm):
         return hinge(out["sims"], batch.image_index, self.margin, hardest)
 
 
+class MatchListTerm(LossTerm):
+    """Cross-entropy of each image's and each caption's list (positive first, then its hardest
+    in-batch negatives): the cross-encoder teacher's matching objective."""
+
+    name = "match"
+
+    def forward(self, out: dict, batch, ctx: StepContext) -> torch.Tensor:
+        return (_first_is_right(out["lists_i2t"]) + _first_is_right(out["lists_t2i"])) / 2
+
+
+def _first_is_right(lists: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(lists, torch.zeros(len(lists), dtype=torch.long, device=lists.device))
+
+
 class KDTerm(LossTerm):
     """In-batch ListNet, extended over the queued pairs when it reads the queues."""
 
@@ -306,5 +320,7 @@ def student_objective(student: StudentConfig) -> Objective:
 
 
 def teacher_objective(cfg: TeacherConfig) -> Objective:
-    """VSE++ hinge on the SCAN scores, optionally warmed up with the sum of violations."""
-    return Objective([HingeTerm(1.0, cfg.margin, cfg.max_violation, cfg.sum_violation_epochs)])
+    """VSE++ hinge on the teacher's scores of the batch (SCAN / IMRAM; the global first stage of a
+    cross-encoder, which adds its list cross-entropy), optionally warmed up with the sum of violations."""
+    hinge_term = HingeTerm(1.0, cfg.margin, cfg.max_violation, cfg.sum_violation_epochs)
+    return Objective([hinge_term, MatchListTerm(1.0)] if cfg.matching == "cross" else [hinge_term])

@@ -10,9 +10,11 @@ from core.towers.frozen import NOT_FROZEN, Frozen
 from eval.metrics import retrieval_metrics
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
-from teacher.model import ScanTeacher
+from eval.rerank import rerank_metrics
+from teacher.model import EncodedSide, ScanTeacher
+from teacher.scoring import candidate_scorer, global_sims, score_all
 from teacher.scoring import encode_split as teacher_encode
-from teacher.scoring import score_all
+from teacher.tokens import StoredSide
 
 
 def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
@@ -21,10 +23,27 @@ def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePrepr
     return images @ captions.T
 
 
-def teacher_sims(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
-                 device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN) -> np.ndarray:
+def teacher_metrics(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+                    split: CaptionSplit, folds: int = 1, block_gib: float = 0.5, bf16: bool = False,
+                    progress: bool = True) -> tuple[dict[str, float], str]:
+    """The teacher's metrics on a split from its encoded (or stored) tokens, and how its pairs were
+    scored: every pair, or, for a cross-encoder with `cross.eval_top_k`, each query's top-K by the
+    teacher's global score re-ranked by its full score (a forward per pair does not fit every pair)."""
+    k = teacher.cfg.cross.eval_top_k if teacher.cfg.matching == "cross" else 0
+    if not k:
+        sims = score_all(teacher, images, captions, block_gib, progress, bf16)
+        return metrics_for(sims, split, folds), "every pair"
+    scorer = candidate_scorer(teacher, images, captions, bf16)
+    return (rerank_metrics(global_sims(images, captions), scorer, k, split.captions_per_image, folds),
+            f"top-{k} of its global score, re-ranked")
+
+
+def teacher_split_metrics(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None,
+                          batch_size: int, device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN,
+                          folds: int = 1) -> tuple[dict[str, float], str]:
+    """`teacher_metrics` of a split the teacher encodes here (model selection, teacher ablations)."""
     images, captions = teacher_encode(teacher, split, preprocess, batch_size, device, progress, frozen)
-    return score_all(teacher, images, captions, progress=progress)
+    return teacher_metrics(teacher, images, captions, split, folds, progress=progress)
 
 
 def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, variant: str = "fp32",

@@ -1,4 +1,5 @@
-"""The teacher's fine-grained score, as configured: SCAN (t2i, i2t or their ensemble) or IMRAM.
+"""The teacher's fine-grained score, as configured: SCAN (t2i, i2t or their ensemble), IMRAM, or a
+cross-encoder (a joint transformer per pair).
 
 Two entry points with one meaning: `all_pairs` scores every image with every caption (training,
 all-pairs caches, evaluation); `pairs` scores explicit pairs laid out (A, B), e.g. a query with
@@ -9,19 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.config import ImramConfig, ScanConfig
+from core.config import CrossConfig, ImramConfig, ScanConfig
 from teacher.attention import check_masks, pair_blocks, scan_pair_scores, scan_similarity
+from teacher.cross import CrossEncoder
 from teacher.iterative import GatedMemory, iterative_scores
+
+KINDS = ("scan", "imram", "cross")
 
 
 class Matcher(nn.Module):
-    """Holds the IMRAM memory units when IMRAM is chosen; SCAN has no parameters of its own."""
+    """Holds the IMRAM memory units or the cross-encoder when chosen; SCAN has no parameters of its own."""
 
-    def __init__(self, kind: str, scan: ScanConfig, imram: ImramConfig, dim: int):
+    def __init__(self, kind: str, scan: ScanConfig, imram: ImramConfig, dim: int, cross: CrossConfig | None = None):
         super().__init__()
-        if kind not in ("scan", "imram"):
-            raise ValueError(f"matching must be 'scan' or 'imram', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"matching must be one of {KINDS}, got {kind!r}")
         self.kind, self.scan, self.imram = kind, scan, imram
+        if kind == "cross":
+            self.cross = CrossEncoder(dim, cross or CrossConfig())
         if kind == "imram":
             if imram.side in ("text", "full"):
                 self.text_memory = GatedMemory(dim)
@@ -47,7 +53,8 @@ class Matcher(nn.Module):
         check_masks("region_mask", region_mask)
         check_masks("word_mask", word_mask)
         n_reg, n_word, dim = regions.shape[1], words.shape[1], regions.shape[2]
-        per_pair = (n_reg + n_word) * dim + n_reg * n_word  # attended vectors and logits of one pair
+        per_pair = (self.cross.pair_cost(n_reg, n_word) if self.kind == "cross"
+                    else (n_reg + n_word) * dim + n_reg * n_word)  # attended vectors and logits of one pair
         out = regions.new_empty(regions.shape[0], words.shape[0])
         for im, cp in pair_blocks(regions.shape[0], words.shape[0], per_pair, 4 * self.scan.max_chunk_elements):
             out[im, cp] = self.pairs(regions[im, None], region_mask[im, None], words[None, cp], word_mask[None, cp])
@@ -56,6 +63,8 @@ class Matcher(nn.Module):
     def pairs(self, regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor,
               word_mask: torch.Tensor) -> torch.Tensor:
         """(A, B) scores of pairs laid out (A, B): regions (A|1, B|1, R, D), words (A|1, B|1, L, D)."""
+        if self.kind == "cross":
+            return self._cross_pairs(regions, region_mask, words, word_mask)
         scores = []
         for direction, lam_softmax, lam_lse in self._directions():
             if self.kind == "scan":
@@ -68,3 +77,14 @@ class Matcher(nn.Module):
                 scores.append(iterative_scores(regions, region_mask, words, word_mask, self.image_memory,
                                                self.imram.steps, self.scan.aggregation, lam_softmax, lam_lse))
         return sum(scores) / len(scores) if self.kind == "scan" else sum(scores)
+
+    def _cross_pairs(self, regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor,
+                     word_mask: torch.Tensor) -> torch.Tensor:
+        """The cross-encoder over the (A, B) pairs, in blocks of pairs within 4 x scan.max_chunk_elements numbers."""
+        a, b = max(regions.shape[0], words.shape[0]), max(regions.shape[1], words.shape[1])
+        n_reg, n_word = regions.shape[2], words.shape[2]
+        flat = [t.expand(a, b, *t.shape[2:]).reshape(a * b, *t.shape[2:])
+                for t in (regions, region_mask, words, word_mask)]
+        step = max(1, 4 * self.scan.max_chunk_elements // self.cross.pair_cost(n_reg, n_word))
+        out = [self.cross(*(t[s:s + step] for t in flat)) for s in range(0, a * b, step)]
+        return torch.cat(out).view(a, b)

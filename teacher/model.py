@@ -10,6 +10,7 @@ from torch import nn
 from core.config import TeacherConfig
 from core.towers.heads import TwoTowerModel, make_projection
 from core.towers.image import TokenOutput
+from teacher.cross import hard_lists
 from teacher.matching import Matcher
 
 
@@ -37,7 +38,8 @@ class EncodedSide:
 
 
 class ScanTeacher(TwoTowerModel):
-    """Projects tower tokens into a joint space and scores pairs by cross attention (`teacher.matching`).
+    """Projects tower tokens into a joint space and scores pairs by cross attention or a joint
+    transformer (`teacher.matching`).
 
     With `global_weight > 0` the score adds a global term (cosine of the projected pooled vectors),
     which a fine-grained head learned from scratch can lean on while its attention is still weak.
@@ -51,7 +53,7 @@ class ScanTeacher(TwoTowerModel):
         if cfg.global_weight > 0:
             self.image_global = nn.Linear(image_tower.out_dim, cfg.embed_dim)
             self.text_global = nn.Linear(text_tower.out_dim, cfg.embed_dim)
-        self.matcher = Matcher(cfg.matching, cfg.scan, cfg.imram, cfg.embed_dim)
+        self.matcher = Matcher(cfg.matching, cfg.scan, cfg.imram, cfg.embed_dim, cfg.cross)
 
     def images_from(self, out: TokenOutput) -> EncodedSide:
         return self._side(out, self.region_proj, "image_global")
@@ -95,5 +97,24 @@ class ScanTeacher(TwoTowerModel):
         return sims
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
+        """SCAN / IMRAM: {"sims": every pair of the batch}. Cross-encoder: {"sims": the global score of
+        every pair (its first stage), "lists_i2t" / "lists_t2i": full scores (B, 1 + k) of each image's
+        and each caption's positive (first) and hardest in-batch negatives, -inf where no negative was left}."""
         image, text = self.tower_outputs(batch)
-        return {"sims": self.score(self.images_from(image), self.captions_from(text))}
+        images, captions = self.images_from(image), self.captions_from(text)
+        if self.cfg.matching != "cross":
+            return {"sims": self.score(images, captions)}
+        first = images.pooled @ captions.pooled.T
+        by_image, by_caption = hard_lists(first, batch.image_index, self.cfg.cross.negatives)
+        own = torch.arange(len(first), device=first.device)[:, None]
+        return {"sims": first, "lists_i2t": self._list_scores(images, captions, own, by_image, first),
+                "lists_t2i": self._list_scores(images, captions, by_caption, own, first)}
+
+    def _list_scores(self, images: EncodedSide, captions: EncodedSide, image_ids: torch.Tensor,
+                     caption_ids: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Full scores of the pairs (image_ids, caption_ids), broadcast to (B, 1 + k); -1 ids give -inf."""
+        img, cap = image_ids.clamp(min=0), caption_ids.clamp(min=0)
+        cross = self.matcher.pairs(images.tokens[img], images.mask[img], captions.tokens[cap], captions.mask[cap])
+        PairCounter.add(cross.numel())
+        scores = cross + self.cfg.global_weight * first[img, cap]
+        return scores.masked_fill((image_ids < 0) | (caption_ids < 0), float("-inf"))

@@ -88,6 +88,15 @@ def score_all(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: 
     return out
 
 
+def global_sims(images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide) -> np.ndarray:
+    """(n_img, n_cap) float32 cosines of the teacher's global vectors: a cross-encoder's first stage."""
+    if images.pooled is None or captions.pooled is None:
+        raise ValueError("the teacher has no global vectors (teacher.global_weight is 0)")
+    pooled = [p.float().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p, dtype=np.float32)
+              for p in (images.pooled, captions.pooled)]
+    return pooled[0] @ pooled[1].T
+
+
 def candidate_scorer(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
                      bf16: bool = False, max_elements: int = 1 << 24):
     """A function (direction, query ids, candidate ids) -> (Q, K) float32 teacher scores; direction

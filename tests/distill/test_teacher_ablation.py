@@ -14,14 +14,18 @@ def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
                       "train": {**cfg["teacher"]["train"], "epochs": 1}}
     cfg["experiment"] = {"seeds": [0], "teacher_variants": {
         "top": ["teacher.image_tower.train_top=1", "teacher.image_tower.lr_scale=0.1"],
-        "mlp": ["teacher.projection=mlp"]}}
+        "mlp": ["teacher.projection=mlp"]}, "teacher_ensembles": {"pair": ["configured", "top"]}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["data", str(tmp_path / "tiny.yaml")]) == 0
     assert main(["ablate-teachers", str(tmp_path / "tiny.yaml"), "--seeds", "0", "1", "--variants", "configured",
-                 "top"]) == 0
+                 "top", "pair"]) == 0
     table = json.loads((tmp_path / "run/ablation/teachers.json").read_text())
     rows = {r["variant"]: r for r in table["rows"]}
-    assert list(rows) == ["configured", "top"] and table["seeds"] == [0, 1]
+    assert list(rows) == ["configured", "top", "pair"] and table["seeds"] == [0, 1]
+    pair = rows.pop("pair")  # weights chosen on the selection split, per seed
+    assert [sorted(s["weights"]) for s in pair["selection"]] == [["configured", "top"]] * 2
+    assert all(abs(sum(s["weights"].values()) - 1) < 1e-9 for s in pair["selection"])
+    assert len(pair["per_seed"]) == 2 and pair["terms"][0] == "ensemble of configured, top"
     assert rows["top"]["terms"] == ["teacher.image_tower.train_top=1", "teacher.image_tower.lr_scale=0.1"]
     for name, row in rows.items():
         assert len(row["per_seed"]) == 2 and all(s["epoch"] == 1 for s in row["selection"])
@@ -48,3 +52,14 @@ def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
 def test_bad_teacher_variants_are_named(variants, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"experiment.teacher_variants={json.dumps(variants)}"])
+
+
+@pytest.mark.parametrize("ensembles, message", [
+    ({"pair": ["configured", "nope"]}, "needs two or more distinct teachers"),
+    ({"pair": ["configured"]}, "needs two or more distinct teachers"),
+    ({"wide": ["configured", "wide"]}, "'wide' is already a teacher's name"),
+])
+def test_bad_teacher_ensembles_are_named(ensembles, message):
+    variants = json.dumps({"wide": ["teacher.embed_dim=64"]})
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"experiment.teacher_variants={variants}", f"experiment.teacher_ensembles={json.dumps(ensembles)}"])
