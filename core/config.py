@@ -15,7 +15,7 @@ import yaml
 
 from core.io import write_text
 from core.data.split_names import parse_split_name
-from core.schema import ConfigError, build, to_dict
+from core.schema import KEY_UNLESS_SET, ConfigError, build, to_dict
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "apply_overrides"]
 
@@ -128,12 +128,17 @@ class ImageTowerConfig:
     # With freeze: the last N stages of the backbone (timm EfficientNet/MobileNet `blocks`, ResNet
     # `layer1..4`) still train; the frozen trunk below them runs once per split and is cached.
     train_top: int = 0
+    # With train_top: the trunk's tokens at the cut (a finer grid when a stride-2 stage lies above it)
+    # follow the final tokens, mapped to the tower's width by a trained linear layer: more, smaller regions.
+    fine_tokens: bool = field(default=False, metadata=KEY_UNLESS_SET)
     lr_scale: float = 1.0
 
     def problems(self) -> list[str]:
         out = _non_negative(self, "lr_scale", "train_top") + _top_needs_freeze(self)
         if self.pretrained and self.weights:
             out.append("pretrained/weights: choose one of timm hub weights or a local weights file")
+        if self.fine_tokens and not self.train_top:
+            out.append("fine_tokens: needs train_top >= 1 (the finer grid is the trunk's output at the cut)")
         return out
 
 
@@ -258,7 +263,7 @@ class TeacherConfig:
     matching: Literal["scan", "imram", "cross"] = "scan"  # the fine-grained score
     scan: ScanConfig = field(default_factory=ScanConfig)
     imram: ImramConfig = field(default_factory=ImramConfig)
-    cross: CrossConfig = field(default_factory=CrossConfig)
+    cross: CrossConfig = field(default_factory=CrossConfig, metadata=KEY_UNLESS_SET)
     global_weight: float = 1.0  # adds global_weight * cos(pooled image, pooled caption) to the score
     margin: float = 0.2
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives

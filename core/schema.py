@@ -7,6 +7,7 @@ dataclass's `problems()` method rejects.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -36,6 +37,29 @@ def build(cls: type, raw: Any, source: str = "config") -> Any:
 def to_dict(obj: Any) -> Any:
     """Plain-data form of a config (for YAML output and hashing)."""
     return dataclasses.asdict(obj)
+
+
+# Field metadata of settings added after runs were stamped: left out of stage keys at their default.
+KEY_UNLESS_SET = {"key": "unless_set"}
+
+
+def stage_key(obj: Any) -> Any:
+    """Plain data of a config for a stage's up-to-date key: `to_dict`, without the fields marked
+    `KEY_UNLESS_SET` that hold their default, so a new option left off does not make every fitted
+    model of an earlier version look stale."""
+    if not dataclasses.is_dataclass(obj):
+        return copy.deepcopy(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("key") == "unless_set" and value == _default(f):
+            continue
+        out[f.name] = stage_key(value)
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _check(obj: Any, path: str, problems: list[str]) -> None:

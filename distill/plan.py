@@ -196,8 +196,8 @@ def model_size(cfg: Config, model_cfg: TeacherConfig | StudentConfig) -> ModelSi
 
 
 def _timm_size(tower: ImageTowerConfig) -> tuple[int, int, int, int, tuple[int, int]]:
-    """(tokens, width, parameters, parameters of the `train_top` stages, (tokens, width) at the cut)
-    of a timm tower, run on the meta device."""
+    """(tokens, width, parameters, trainable parameters of the top (`train_top` stages, `fine_tokens`
+    projection), (tokens, width) at the cut) of a timm tower, run on the meta device."""
     import timm
     import torch
 
@@ -215,7 +215,11 @@ def _timm_size(tower: ImageTowerConfig) -> tuple[int, int, int, int, tuple[int, 
         for module in stem + stages[:-tower.train_top]:
             x = module(x)
     top = sum(p.numel() for m in stages[-tower.train_top:] + tail for p in m.parameters())
-    return tokens, width, params, top, (int(x.shape[2] * x.shape[3]), int(x.shape[1]))
+    cut = (int(x.shape[2] * x.shape[3]), int(x.shape[1]))
+    if tower.fine_tokens:  # the cut's tokens follow the final ones, through a trained Linear(cut width, width)
+        fine = cut[1] * width + width
+        tokens, params, top = tokens + cut[0], params + fine, top + fine
+    return tokens, width, params, top, cut
 
 
 # ------------------------------------------------------------------ the stages

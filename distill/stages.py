@@ -20,7 +20,7 @@ from core.data.validate import CheckCache
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
 from core.io import read_json, sha256_file, sha256_json, write_json
-from core.schema import to_dict
+from core.schema import stage_key, to_dict
 from core.ranking import top_k_ids
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
@@ -130,7 +130,7 @@ def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) ->
     require(cfg, "teacher fit")
     paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
-    key = {"data": train.fingerprint(), "teacher": to_dict(cfg.teacher), "seed": cfg.seed}
+    key = {"data": train.fingerprint(), "teacher": stage_key(cfg.teacher), "seed": cfg.seed}
     if not force and up_to_date(out, key):
         log.info("teacher is up to date (%s)", out)
         return out

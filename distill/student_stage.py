@@ -17,7 +17,7 @@ from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
 from core.io import sha256_file, sha256_json
-from core.schema import to_dict
+from core.schema import stage_key
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
 from distill.guide import guide_identity, guide_targets
@@ -141,7 +141,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     require(cfg, f"distill {variant}")
     student_cfg = variant_config(cfg, variant)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
-    key: dict[str, Any] = {"data": train.fingerprint(), "student": to_dict(student_cfg), "seed": seed,
+    key: dict[str, Any] = {"data": train.fingerprint(), "student": stage_key(student_cfg), "seed": seed,
                            **_teacher_key(cfg, student_cfg, paths, train, device)}
     if not force and up_to_date(out, key):
         log.info("student %s is up to date (%s)", out.name, out)

@@ -24,4 +24,6 @@ def build_towers(image_cfg: ImageTowerConfig, text_cfg: TextTowerConfig, text_mo
         set_trainable(tower, not cfg.freeze)
         for module in tower.top_modules():
             set_trainable(module, True)
+    if getattr(image, "fine_proj", None) is not None:  # part of the top, though not of `top_modules`
+        set_trainable(image.fine_proj, True)
     return image, text

@@ -77,6 +77,7 @@ class TimmImageTower(nn.Module):
     With `train_top` N > 0 the backbone is cut before its last N stages: `trunk` yields the feature
     map there (as tokens) and `top` runs the rest, so a frozen trunk can be cached while the top
     trains (`core.towers.frozen`). `forward` is `top(trunk(x))`, what export and evaluation run.
+    With `fine_tokens` the top also returns the trunk's tokens, through the trained `fine_proj`.
     """
 
     def __init__(self, cfg: ImageTowerConfig):
@@ -96,6 +97,22 @@ class TimmImageTower(nn.Module):
             stages = backbone_stages(model)[1]
             if self.top_stages > len(stages):
                 raise ValueError(f"image_tower.train_top: {cfg.name} has {len(stages)} stages, got {self.top_stages}")
+        # Not one of `top_modules`: their count is part of the trunk cache key, which a fine tower
+        # shares with the same tower without fine tokens (same trunk); `build_towers` trains it.
+        self.fine_proj: nn.Linear | None = None
+        if cfg.fine_tokens:
+            if not self.top_stages:
+                raise ValueError("image_tower.fine_tokens: needs train_top >= 1")
+            self.fine_proj = nn.Linear(self._trunk_channels(), self.out_dim)
+
+    @torch.no_grad()
+    def _trunk_channels(self) -> int:
+        """Channels at the cut, from one small forward (layouts differ in where they record widths)."""
+        was_training = self.model.training
+        self.model.eval()  # batch norm in training mode refuses a single 1x1 input
+        channels = self.trunk(torch.zeros(1, 3, 64, 64)).tokens.shape[-1]
+        self.model.train(was_training)
+        return int(channels)
 
     def trunk_modules(self) -> list[nn.Module]:
         """What runs before the cut (the whole tower when nothing is cut)."""
@@ -105,7 +122,7 @@ class TimmImageTower(nn.Module):
         return stem + stages[:-self.top_stages]
 
     def top_modules(self) -> list[nn.Module]:
-        """What runs after the cut, trainable under a frozen trunk."""
+        """The backbone stages (and tail) after the cut, trainable under a frozen trunk."""
         if not self.top_stages:
             return []
         _, stages, tail = backbone_stages(self.model)
@@ -155,7 +172,11 @@ class TimmImageTower(nn.Module):
         x = cut.tokens.transpose(1, 2).reshape(b, c, side, side)
         for module in self.top_modules():
             x = module(x)
-        return self._output(x)
+        out = self._output(x)
+        if self.fine_proj is None:
+            return out
+        tokens = torch.cat([out.tokens, self.fine_proj(cut.tokens)], 1)
+        return TokenOutput(tokens, torch.cat([out.mask, cut.mask], 1), out.pooled)
 
     def _output(self, feats: torch.Tensor) -> TokenOutput:
         pooled = self.model.forward_head(feats, pre_logits=True)
