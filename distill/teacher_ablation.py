@@ -105,7 +105,7 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     return table
 
 
-def _scores(cfg: Config, name: str, seed: int, split: CaptionSplit, device: torch.device) -> np.ndarray:
+def variant_scores(cfg: Config, name: str, seed: int, split: CaptionSplit, device: torch.device) -> np.ndarray:
     """Every-pair scores of a split by one fitted teacher variant (fitted here when missing)."""
     variant = variant_run(cfg, name, seed)
     teacher = load_model(stage_teacher_fit(variant), device)
@@ -122,9 +122,9 @@ def _ensemble_row(cfg: Config, name: str, seeds: list[int], split: CaptionSplit,
     selection_split = load_split(cfg, "val")
     per_seed, selection = [], []
     for seed in seeds:
-        chosen = fit_ensemble([_scores(cfg, m, seed, selection_split, device) for m in members],
+        chosen = fit_ensemble([variant_scores(cfg, m, seed, selection_split, device) for m in members],
                               selection_split.captions_per_image)
-        sims = chosen.combine([_scores(cfg, m, seed, split, device) for m in members])
+        sims = chosen.combine([variant_scores(cfg, m, seed, split, device) for m in members])
         per_seed.append(retrieval_metrics(sims, split.captions_per_image, cfg.eval.folds))
         selection.append({"weights": dict(zip(members, chosen.weights)), "rsum": chosen.selection_rsum})
         log.info("teacher ensemble %s seed %d: weights %s, rsum %.1f", name, seed, selection[-1]["weights"],
