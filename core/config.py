@@ -15,7 +15,7 @@ import yaml
 
 from core.io import write_text
 from core.data.split_names import parse_split_name
-from core.schema import KEY_UNLESS_SET, ConfigError, build, to_dict
+from core.schema import KEY_UNLESS_SET, NOT_IN_KEY, ConfigError, build, to_dict
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "apply_overrides"]
 
@@ -269,6 +269,9 @@ class TeacherConfig:
     max_violation: bool = True  # VSE++ hardest negative; False: sum over negatives
     sum_violation_epochs: int = 4  # warm up with the sum of violations for this many epochs
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=7))
+    # The name of an experiment.teacher_ensembles entry the run distils from, evaluates and re-ranks
+    # with instead of this teacher alone ("": this teacher). This teacher is fitted either way.
+    ensemble: str = field(default="", metadata=NOT_IN_KEY)
 
     def problems(self) -> list[str]:
         out = _positive(self, "embed_dim") + _non_negative(self, "global_weight", "margin", "sum_violation_epochs")
@@ -734,6 +737,9 @@ class Config:
         out = []
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             out.append(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.teacher.ensemble and self.teacher.ensemble not in self.experiment.teacher_ensembles:
+            out.append(f"teacher.ensemble: {self.teacher.ensemble!r} is not an experiment.teacher_ensembles entry "
+                       f"(have {sorted(self.experiment.teacher_ensembles) or 'none'})")
         cached = self.student.losses.cached_kd
         if cached.weight > 0 and not cached.candidates <= self.scores.top_k:
             out.append(f"student.losses.cached_kd: needs scores.top_k >= its candidates ({cached.candidates}), "

@@ -41,18 +41,21 @@ def to_dict(obj: Any) -> Any:
 
 # Field metadata of settings added after runs were stamped: left out of stage keys at their default.
 KEY_UNLESS_SET = {"key": "unless_set"}
+# Field metadata of settings that choose how a fitted model is used, not how it is made: never in its key.
+NOT_IN_KEY = {"key": "never"}
 
 
 def stage_key(obj: Any) -> Any:
     """Plain data of a config for a stage's up-to-date key: `to_dict`, without the fields marked
-    `KEY_UNLESS_SET` that hold their default, so a new option left off does not make every fitted
-    model of an earlier version look stale."""
+    `NOT_IN_KEY` and those marked `KEY_UNLESS_SET` that hold their default, so a new option left off
+    does not make every fitted model of an earlier version look stale."""
     if not dataclasses.is_dataclass(obj):
         return copy.deepcopy(obj)
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.metadata.get("key") == "unless_set" and value == _default(f):
+        marked = f.metadata.get("key")
+        if marked == "never" or (marked == "unless_set" and value == _default(f)):
             continue
         out[f.name] = stage_key(value)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +28,28 @@ from core.towers.frozen import Frozen, frozen_for
 from distill.first_stage import RUN_STUDENTS, first_stage
 from distill.plan import require
 from distill.loop import fit
+from distill.teacher_runs import variant_run
 from distill.terms import teacher_objective
 from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
                                up_to_date)
 from eval.bench import run_benchmark
+from eval.ensemble import fit_ensemble
 from eval.bench_tables import write_bench_files
 from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_metrics, teacher_split_metrics
 from eval.report import write_report
 from eval.rerank import rerank_metrics, with_first_stage
 from eval.metrics import retrieval_metrics
 from export.onnx_export import GateData, export_student
+from teacher.ensemble import EnsembleSide, EnsembleTeacher, Standardised
 from teacher.cache import cache_identity, open_score_cache, write_score_cache
 from teacher.model import ScanTeacher
-from teacher.scoring import candidate_scorer, precision, score_all
+from teacher.scoring import Teacher, candidate_scorer, precision, score_all
 from teacher.tokens import TokenStore, build_token_store, open_token_store, token_identity
 from teacher.topk import build_topk_cache, open_topk_cache, scores_from_dense, topk_identity
 
 log = logging.getLogger("itr_distill")
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_STEP = 0.1  # the weight grid of an ensemble teacher
 RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
@@ -126,8 +132,15 @@ def check_disjoint(splits: dict[str, CaptionSplit]) -> None:
 
 def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) -> Path:
     """Fit the teacher with the VSE++ hinge; keeps the best validation epoch. `resume` continues an
-    interrupted fit from its latest checkpoint."""
+    interrupted fit from its latest checkpoint. With `teacher.ensemble`, then each member and the
+    ensemble's weights (returns the ensemble's directory)."""
     require(cfg, "teacher fit")
+    out = _fit_teacher(cfg, force, resume)
+    return _fit_ensemble(cfg, force) if cfg.teacher.ensemble else out
+
+
+def _fit_teacher(cfg: Config, force: bool, resume: bool = False) -> Path:
+    """Fit the single teacher `cfg.teacher` describes into the run's `teacher/`."""
     paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = {"data": train.fingerprint(), "teacher": stage_key(cfg.teacher), "seed": cfg.seed}
@@ -152,9 +165,49 @@ def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) ->
     return out
 
 
-def _cache_identity(paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
-    return cache_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
-                          split.n_images, split.n_captions)
+def _fit_ensemble(cfg: Config, force: bool) -> Path:
+    """Fit the members of the ensemble `teacher.ensemble` names (each at the run's seed, in its own run
+    directory) and choose each one's standardisation and weight on the selection split (val)."""
+    paths, name = RunPaths(cfg.run_dir), cfg.teacher.ensemble
+    members = cfg.experiment.teacher_ensembles[name]
+    configs = [variant_run(cfg, m, cfg.seed) for m in members]
+    checkpoints = [_fit_teacher(c, force) / "model.safetensors" for c in configs]
+    val = load_split(cfg, "val")
+    key = {"ensemble": name, "data": val.fingerprint(), "step": ENSEMBLE_STEP,
+           "members": {m: sha256_file(c) for m, c in zip(members, checkpoints)}}
+    out = paths.teacher_ensemble
+    if not force and up_to_date(out, key):
+        log.info("teacher ensemble %s is up to date (%s)", name, out)
+        return out
+    device = resolve_device(cfg.device)
+    sims = []
+    for member in configs:
+        teacher, store = _single_tokens(member, "val", val, device)
+        sims.append(score_all(teacher, store.images, store.captions, cfg.scores.block_gib, False, cfg.scores.bf16))
+    chosen = fit_ensemble(sims, val.captions_per_image, step=ENSEMBLE_STEP)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / ENSEMBLE_FILE, {
+        "name": name, "selection": {"split": "val", "rsum": chosen.selection_rsum},
+        "members": [{"name": m, "directory": os.path.relpath(c.parent, paths.root), "sha256": key["members"][m],
+                     "weight": t.weight, "mean": t.mean, "std": t.std}
+                    for m, c, t in zip(members, checkpoints, chosen.terms)]})
+    stamp(out, key)
+    log.info("teacher ensemble %s: weights %s, selection rsum %.1f", name,
+             dict(zip(members, chosen.weights)), chosen.selection_rsum)
+    return out
+
+
+def teacher_hash(cfg: Config) -> str:
+    """The run's teacher as cache manifests and student keys name it: the configured teacher's
+    checkpoint, or the ensemble's weights file (which names each member's checkpoint)."""
+    paths = RunPaths(cfg.run_dir)
+    if cfg.teacher.ensemble:
+        return sha256_file(paths.teacher_ensemble / ENSEMBLE_FILE)
+    return sha256_file(paths.teacher / "model.safetensors")
+
+
+def _cache_identity(cfg: Config, split: CaptionSplit) -> dict[str, Any]:
+    return cache_identity(teacher_hash(cfg), split.fingerprint(), split.name, split.n_images, split.n_captions)
 
 
 def frozen_shared(model: torch.nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
@@ -166,9 +219,37 @@ def frozen_shared(model: torch.nn.Module, split: CaptionSplit, root: Path, batch
 
 
 def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
+                   force: bool = False) -> tuple[Teacher, TokenStore]:
+    """The run's teacher and its token store of `split` (our split `which`, as the caller loaded it),
+    built when missing or made for another teacher or dataset; under torchrun the ranks share the
+    encoding. An ensemble reads each member's store (members of weight 0 are left out)."""
+    if not cfg.teacher.ensemble:
+        return _single_tokens(cfg, which, split, device, ranks, force)
+    file = RunPaths(cfg.run_dir).teacher_ensemble / ENSEMBLE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: the ensemble {cfg.teacher.ensemble!r} has no weights yet "
+                                "(run `itr-distill teacher fit`)")
+    spec = read_json(file)
+    members, terms, stores = [], [], []
+    for member in (m for m in spec["members"] if m["weight"] > 0):
+        member_cfg = variant_run(cfg, member["name"], cfg.seed)
+        checkpoint = RunPaths(member_cfg.run_dir).teacher / "model.safetensors"
+        if sha256_file(checkpoint) != member["sha256"]:
+            raise ValueError(f"{checkpoint}: refitted since the weights in {file} were chosen "
+                             "(run `itr-distill teacher fit` to choose them again)")
+        teacher, store = _single_tokens(member_cfg, which, split, device, ranks, force)
+        members.append(teacher)
+        terms.append(Standardised(member["weight"], member["mean"], member["std"]))
+        stores.append(store)
+    label = (f"ensemble {spec['name']}: " + " + ".join(f"{m['weight']:.1f} x {m['name']}" for m in spec["members"]
+                                                       if m["weight"] > 0) + " (latency: the configured teacher alone)")
+    return (EnsembleTeacher(members, terms, label),
+            TokenStore(EnsembleSide([s.images for s in stores]), EnsembleSide([s.captions for s in stores])))
+
+
+def _single_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
                    force: bool = False) -> tuple[ScanTeacher, TokenStore]:
-    """The teacher and its token store of `split` (our split `which`, as the caller loaded it), built
-    when missing or made for another teacher or dataset; under torchrun the ranks share the encoding."""
+    """`teacher_tokens` of the single teacher fitted in the run's `teacher/`."""
     paths = RunPaths(cfg.run_dir)
     identity = token_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
                               split.n_images, split.n_captions, cfg.scores.token_dtype)
@@ -201,7 +282,7 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
     require(cfg, f"teacher score {which}")
     paths = RunPaths(cfg.run_dir)
     split = load_split(cfg, which)
-    identity = _cache_identity(paths, split)
+    identity = _cache_identity(cfg, split)
     out = paths.scores(which)
     if not force and (out / "manifest.json").is_file():
         try:
@@ -220,7 +301,7 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
 def topk_identity_for(cfg: Config, paths: RunPaths, split: CaptionSplit, device: torch.device) -> dict[str, Any]:
     """The manifest identity a top-K cache of `split` must have for this config."""
     generator = first_stage(cfg.scores.generator, paths, cfg.experiment.seeds[0])
-    return topk_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+    return topk_identity(teacher_hash(cfg), split.fingerprint(), split.name,
                          split.n_images, split.n_captions, cfg.scores.top_k, generator.identity,
                          precision(device, cfg.scores.bf16))
 
@@ -254,7 +335,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
         return {"t2i": top_k_ids(captions, images, k)[0], "i2t": top_k_ids(images, captions, k)[0]}
 
     try:  # the all-pairs cache of the same teacher already holds every score: gather instead of scoring
-        scorer = scores_from_dense(open_score_cache(paths.scores(which), _cache_identity(paths, split)))
+        scorer = scores_from_dense(open_score_cache(paths.scores(which), _cache_identity(cfg, split)))
         log.info("top-%d scores of %s gathered from its all-pairs cache", k, which)
     except (OSError, ValueError):
         teacher, store = teacher_tokens(cfg, which, split, device, ranks)
@@ -344,7 +425,8 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
         teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
         metrics, scored = teacher_metrics(teacher, store.images, store.captions, split, folds, cfg.scores.block_gib,
                                           cfg.scores.bf16)
-        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": _teacher_label(teacher.cfg),
+        label = teacher.label if isinstance(teacher, EnsembleTeacher) else _teacher_label(teacher.cfg)
+        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": label,
                         "metrics": metrics, "scored": scored, "token_dtype": cfg.scores.token_dtype})
         scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
     by_name = {}

@@ -16,7 +16,7 @@ from core.config import Config, StudentConfig
 from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
-from core.io import sha256_file, sha256_json
+from core.io import sha256_json
 from core.schema import stage_key
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
@@ -26,7 +26,7 @@ from distill.loop import fit
 from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
 from distill.plan import kd_source, require
-from distill.stages import frozen_shared, load_split, teacher_tokens, topk_identity_for
+from distill.stages import frozen_shared, load_split, teacher_hash, teacher_tokens, topk_identity_for
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.variants import variant_config
 from distill.workspace import (RunPaths, feature_dim, new_model, save_model_info, stamp, text_source, up_to_date)
@@ -51,7 +51,7 @@ def _teacher_key(cfg: Config, student: StudentConfig, paths: RunPaths, train: Ca
     (either KD source gives the same scores) and the top-K cache's identity."""
     key: dict[str, Any] = {}
     if uses_teacher(student.losses):
-        key["teacher"] = sha256_file(paths.teacher / "model.safetensors")
+        key["teacher"] = teacher_hash(cfg)
     if student.losses.cached_kd.weight > 0:
         key["topk"] = topk_identity_for(cfg, paths, train, device)
     if student.losses.guided.weight > 0:
@@ -62,8 +62,7 @@ def _teacher_key(cfg: Config, student: StudentConfig, paths: RunPaths, train: Ca
 def _kd_lookup(cfg: Config, paths: RunPaths, train: CaptionSplit, device: torch.device, ranks: Ranks) -> TeacherLookup:
     """In-batch KD's teacher scores: the all-pairs cache, or the frozen teacher online (scores.kd_source)."""
     if kd_source(cfg, train.n_images, train.n_captions) == "cache":
-        identity = cache_identity(sha256_file(paths.teacher / "model.safetensors"), train.fingerprint(), train.name,
-                                  train.n_images, train.n_captions)
+        identity = cache_identity(teacher_hash(cfg), train.fingerprint(), train.name, train.n_images, train.n_captions)
         log.info("kd: teacher scores from the all-pairs cache %s", paths.scores("train"))
         return dense_lookup(open_score_cache(paths.scores("train"), identity))
     teacher, store = teacher_tokens(cfg, "train", train, device, ranks)

@@ -2,9 +2,8 @@
 `teacher.*` overrides, `experiment.teacher_variants`) over seeds, evaluate it on the evaluation split,
 and write the table (JSON + Markdown) beside the student ablation.
 
-Each variant fits in its own run directory under `run_dir/teachers/<name>-seed<seed>`, reading the
-run's frozen-trunk caches (shared by key, so variants with the same trunk share one); the configured
-teacher at the run's seed is the run's own `teacher/` (fitted once, by `run` or here).
+Each variant fits in its own run directory (`distill.teacher_runs`); the configured teacher at the
+run's seed is the run's own `teacher/` (fitted once, by `run` or here).
 Selection uses the configured val split, never the one the table reports.
 """
 from __future__ import annotations
@@ -16,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import Config, apply_overrides
+from core.config import Config
 from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
-from core.schema import build, to_dict
 from core.towers.frozen import frozen_for
 from distill.stages import load_split, stage_teacher_fit
+from distill.teacher_runs import REFERENCE, variant_run
 from distill.workspace import RunPaths, load_model
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.ensemble import fit_ensemble
@@ -33,27 +32,6 @@ from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
 
 log = logging.getLogger("itr_distill")
-REFERENCE = "configured"
-
-
-def variant_run(cfg: Config, name: str, seed: int) -> Config:
-    """The config of one teacher variant and seed, in its own run directory sharing the run's caches
-    (the configured teacher at the run's own seed is the run's teacher)."""
-    if name == REFERENCE and seed == cfg.seed:
-        return cfg
-    overrides = cfg.experiment.teacher_variants.get(name, [])
-    root = RunPaths(cfg.run_dir)
-    run_dir = root.root / "teachers" / f"{name}-seed{seed}"
-    variant = build(Config, apply_overrides(to_dict(cfg), [*overrides, f"run_dir={run_dir}", f"seed={seed}"]),
-                    f"experiment.teacher_variants.{name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    root.features.mkdir(parents=True, exist_ok=True)
-    shared = run_dir / "features"
-    if not shared.exists():
-        shared.symlink_to(root.features.resolve(), target_is_directory=True)
-    return variant
-
-
 def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
                           force: bool = False) -> dict[str, Any]:
     """Fit and evaluate every teacher variant (the configured teacher first) for every seed, then the

@@ -9,6 +9,8 @@
   <run_dir>/features/<key>/                cached outputs of frozen towers (tokens.npy, mask.npy, pooled.npy)
   <run_dir>/teacher/                       model.json, model.safetensors, training.json, train_log.jsonl, checkpoints/
   <run_dir>/teacher_tokens/<split>/        the teacher's token store (teacher/tokens.py), read by every scorer
+  <run_dir>/teachers/<name>-seed<k>/       teacher variants (ablate-teachers) and ensemble members: each a run directory
+  <run_dir>/teacher_ensemble/              ensemble.json: the members, standardisation and weights of teacher.ensemble
   <run_dir>/scores/<split>/                all-pairs teacher score cache (manifest.json, scores.npy)
   <run_dir>/scores/<split>-topk/           top-K teacher score cache (teacher/topk.py); <...>.partial/ while unfinished
   <run_dir>/students/<variant>-seed<k>/    like teacher/
@@ -58,6 +60,7 @@ class RunPaths:
     file_checks = property(lambda self: self.root / "file_checks.json")
     text_models = property(lambda self: self.root / "text_models")
     teacher = property(lambda self: self.root / "teacher")
+    teacher_ensemble = property(lambda self: self.root / "teacher_ensemble")
     export = property(lambda self: self.root / "export")
     features = property(lambda self: self.root / "features")
     eval_results = property(lambda self: self.root / "eval" / "results.json")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eval.metrics import retrieval_metrics
+from teacher.ensemble import Standardised, combine
 
 
 @dataclass
@@ -22,12 +23,13 @@ class Ensemble:
     stds: list[float]
     selection_rsum: float
 
+    @property
+    def terms(self) -> list[Standardised]:
+        return [Standardised(w, m, s) for w, m, s in zip(self.weights, self.means, self.stds)]
+
     def combine(self, member_sims: list[np.ndarray]) -> np.ndarray:
         """(n_img, n_cap) ensemble scores from each member's scores of the same pairs."""
-        out = np.zeros(member_sims[0].shape, dtype=np.float32)
-        for sims, w, mean, std in zip(member_sims, self.weights, self.means, self.stds):
-            out += np.float32(w / std) * (sims - np.float32(mean))
-        return out
+        return combine([np.asarray(s, dtype=np.float32) for s in member_sims], self.terms)
 
 
 def simplex(members: int, step: float) -> list[tuple[float, ...]]:

@@ -11,10 +11,9 @@ from eval.metrics import retrieval_metrics
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from eval.rerank import rerank_metrics
-from teacher.model import EncodedSide, ScanTeacher
-from teacher.scoring import candidate_scorer, global_sims, score_all
+from teacher.model import ScanTeacher
+from teacher.scoring import Side, Teacher, candidate_scorer, global_sims, score_all
 from teacher.scoring import encode_split as teacher_encode
-from teacher.tokens import StoredSide
 
 
 def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
@@ -23,13 +22,13 @@ def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePrepr
     return images @ captions.T
 
 
-def teacher_metrics(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+def teacher_metrics(teacher: Teacher, images: Side, captions: Side,
                     split: CaptionSplit, folds: int = 1, block_gib: float = 0.5, bf16: bool = False,
                     progress: bool = True) -> tuple[dict[str, float], str]:
     """The teacher's metrics on a split from its encoded (or stored) tokens, and how its pairs were
     scored: every pair, or, for a cross-encoder with `cross.eval_top_k`, each query's top-K by the
     teacher's global score re-ranked by its full score (a forward per pair does not fit every pair)."""
-    k = teacher.cfg.cross.eval_top_k if teacher.cfg.matching == "cross" else 0
+    k = teacher.eval_top_k
     if not k:
         sims = score_all(teacher, images, captions, block_gib, progress, bf16)
         return metrics_for(sims, split, folds), "every pair"

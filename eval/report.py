@@ -33,7 +33,8 @@ def _latency(bench: dict, system: str, backend: str, device: str = "cpu", varian
 def _label(group: str, entries: list[dict]) -> str:
     losses = entries[0].get("losses", [])
     if group == "teacher":
-        return f"Teacher: {entries[0].get('matching', 'SCAN')} cross attention"
+        matching = entries[0].get("matching", "SCAN")
+        return f"Teacher: {matching}" if matching.startswith("ensemble") else f"Teacher: {matching} cross attention"
     if group.startswith("rerank-"):
         weight = entries[0].get("student_weight", 0.0)
         fused = f" (+ {weight:g} x student score)" if weight else ""

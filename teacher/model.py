@@ -36,6 +36,17 @@ class EncodedSide:
     def __getitem__(self, idx) -> "EncodedSide":
         return EncodedSide(self.tokens[idx], self.mask[idx], None if self.pooled is None else self.pooled[idx])
 
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def bytes_per_row(self) -> int:
+        """float32 bytes of one item's tokens: what a scoring block holds."""
+        return int(self.tokens.shape[1]) * int(self.tokens.shape[2]) * 4
+
 
 class ScanTeacher(TwoTowerModel):
     """Projects tower tokens into a joint space and scores pairs by cross attention or a joint
@@ -54,6 +65,12 @@ class ScanTeacher(TwoTowerModel):
             self.image_global = nn.Linear(image_tower.out_dim, cfg.embed_dim)
             self.text_global = nn.Linear(text_tower.out_dim, cfg.embed_dim)
         self.matcher = Matcher(cfg.matching, cfg.scan, cfg.imram, cfg.embed_dim, cfg.cross)
+
+    @property
+    def eval_top_k(self) -> int:
+        """Candidates per query that evaluation re-ranks by the full score (0: it scores every pair):
+        a cross-encoder's forward per pair does not fit every pair."""
+        return self.cfg.cross.eval_top_k if self.cfg.matching == "cross" else 0
 
     def images_from(self, out: TokenOutput) -> EncodedSide:
         return self._side(out, self.region_proj, "image_global")

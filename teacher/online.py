@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from core.distributed import Ranks, gather_rows
+from teacher.ensemble import EnsembleTeacher
 from teacher.model import ScanTeacher
 from teacher.scoring import precision_context
 from teacher.tokens import TokenStore
@@ -36,7 +37,7 @@ class OnlineTeacher:
     """A frozen teacher that scores blocks of pairs from its token store when asked (no gradient;
     bf16 autocast on CUDA when `bf16`)."""
 
-    def __init__(self, teacher: ScanTeacher, store: TokenStore, bf16: bool = False, ranks: Ranks = Ranks()):
+    def __init__(self, teacher: ScanTeacher | EnsembleTeacher, store: TokenStore, bf16: bool = False, ranks: Ranks = Ranks()):
         self.teacher, self.store, self.bf16, self.ranks = teacher.eval(), store, bf16, ranks
         for p in teacher.parameters():
             p.requires_grad_(False)

@@ -10,8 +10,12 @@ from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
 from core.progress import progress as bar
 from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
+from teacher.ensemble import EnsembleSide, EnsembleTeacher
 from teacher.model import EncodedSide, ScanTeacher
 from teacher.tokens import StoredSide
+
+Side = EncodedSide | StoredSide | EnsembleSide  # what a scorer reads: encoded tokens, a token store, an ensemble's
+Teacher = ScanTeacher | EnsembleTeacher
 
 
 def _pad_cat(sides: list[EncodedSide]) -> EncodedSide:
@@ -48,35 +52,26 @@ def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractCo
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
-def _device(side: EncodedSide | StoredSide) -> torch.device:
-    return side.device if isinstance(side, StoredSide) else side.tokens.device
-
-
-def _row_bytes(side: EncodedSide | StoredSide) -> int:
-    """float32 bytes of one item's tokens as a scoring block holds them."""
-    return int(side.tokens.shape[1]) * int(side.tokens.shape[2]) * 4
-
-
-def block_rows(images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide, block_gib: float) -> tuple[int, int]:
+def block_rows(images: Side, captions: Side, block_gib: float) -> tuple[int, int]:
     """(images, captions) per scoring block: each side's tokens take half of `block_gib`."""
     half = block_gib * 2**30 / 2
-    return (max(1, min(len(images.tokens), int(half // _row_bytes(images)))),
-            max(1, min(len(captions.tokens), int(half // _row_bytes(captions)))))
+    return (max(1, min(len(images), int(half // images.bytes_per_row()))),
+            max(1, min(len(captions), int(half // captions.bytes_per_row()))))
 
 
 @torch.no_grad()
-def score_all(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+def score_all(teacher: Teacher, images: Side, captions: Side,
               block_gib: float = 0.5, progress: bool = True, bf16: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """(n_img, n_cap) float32 teacher scores of every pair, into `out` (e.g. a memory-mapped file) or a new array.
 
     Tokens are read in blocks of at most `block_gib` (a block of captions, then every block of images
     against it), so memory does not grow with the split; every block is checked to be finite as it is
     written, so no second array of the matrix's shape is needed for the check."""
-    n_img, n_cap = len(images.tokens), len(captions.tokens)
+    n_img, n_cap = len(images), len(captions)
     out = np.empty((n_img, n_cap), dtype=np.float32) if out is None else out
     img_rows, cap_rows = block_rows(images, captions, block_gib)
     blocks = [(c, i) for c in range(0, n_cap, cap_rows) for i in range(0, n_img, img_rows)]
-    with precision_context(_device(images), bf16):
+    with precision_context(images.device, bf16):
         caption_block, held = None, -1
         for c, i in bar(blocks, "teacher scoring", progress):
             if c != held:
@@ -97,14 +92,14 @@ def global_sims(images: EncodedSide | StoredSide, captions: EncodedSide | Stored
     return pooled[0] @ pooled[1].T
 
 
-def candidate_scorer(teacher: ScanTeacher, images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide,
+def candidate_scorer(teacher: Teacher, images: Side, captions: Side,
                      bf16: bool = False, max_elements: int = 1 << 24):
     """A function (direction, query ids, candidate ids) -> (Q, K) float32 teacher scores; direction
     't2i' queries captions against candidate images, 'i2t' images against candidate captions.
     Queries are taken in groups whose gathered tokens stay within `max_elements` numbers, so a token
     store is read a group at a time."""
-    device = _device(images)
-    per_candidate = (images.tokens.shape[1] + captions.tokens.shape[1]) * images.tokens.shape[2]
+    device = images.device
+    per_candidate = (images.bytes_per_row() + captions.bytes_per_row()) // 4
 
     @torch.no_grad()
     def score(direction: str, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:

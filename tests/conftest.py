@@ -45,6 +45,23 @@ def tiny_config_dict(run_dir: Path, data_dir: Path) -> dict:
     }
 
 
+STAGE_CHAIN = (["data"], ["teacher", "fit"], ["teacher", "score", "--cache", "all-pairs"],
+               ["distill", "--variant", "baseline"], ["teacher", "score", "--cache", "top-k"],
+               ["distill", "--variant", "distilled"], ["eval"])
+
+
+def run_stage_chain(cfg: dict, config: Path) -> Path:
+    """Write `cfg` to `config` and run the stages a distilled student needs, one command each, through eval."""
+    import yaml
+
+    from distill.cli import main
+
+    config.write_text(yaml.safe_dump(cfg))
+    for stage in STAGE_CHAIN:
+        assert main([*stage, str(config)]) == 0, stage
+    return config
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     from core.data.synthetic import generate

@@ -9,7 +9,15 @@ def test_new_options_at_their_default_stay_out_of_stage_keys():
     full = to_dict(cfg)
     assert "cross" in full and "cross" not in key
     assert "fine_tokens" in full["image_tower"] and "fine_tokens" not in key["image_tower"]
-    assert {k: v for k, v in full.items() if k != "cross"} == {**key, "image_tower": full["image_tower"]}
+    assert {k: v for k, v in full.items() if k not in ("cross", "ensemble")} == {**key, "image_tower": full["image_tower"]}
+
+
+def test_the_ensemble_a_run_distils_from_never_enters_the_teacher_key():
+    """Choosing an ensemble does not make the fitted configured teacher stale: it is fitted the same way."""
+    plain = build(Config, {"experiment": {"teacher_variants": {"b": ["teacher.margin=0.1"]},
+                                          "teacher_ensembles": {"pair": ["configured", "b"]}}})
+    chosen = build(Config, {**to_dict(plain), "teacher": {**to_dict(plain.teacher), "ensemble": "pair"}})
+    assert chosen.teacher.ensemble == "pair" and stage_key(chosen.teacher) == stage_key(plain.teacher)
 
 
 def test_a_set_option_enters_the_key():

@@ -3,10 +3,8 @@ a distilled student reading them, and the evaluation that says how the teacher w
 import json
 
 import numpy as np
-import yaml
 
-from distill.cli import main
-from tests.conftest import tiny_config_dict
+from tests.conftest import run_stage_chain, tiny_config_dict
 
 
 def test_cross_teacher_supervises_a_student_and_is_evaluated_on_its_first_stage(tmp_path):
@@ -15,12 +13,7 @@ def test_cross_teacher_supervises_a_student_and_is_evaluated_on_its_first_stage(
                       "cross": {"layers": 1, "heads": 2, "ff_dim": 32, "negatives": 2, "eval_top_k": 4}}
     cfg["student"]["train"] = {**cfg["student"].get("train", {}), "epochs": 1}
     cfg["experiment"] = {"seeds": [0]}
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    for stage in (["data"], ["teacher", "fit"], ["teacher", "score", "--cache", "all-pairs"],
-                  ["distill", "--variant", "baseline"], ["teacher", "score", "--cache", "top-k"],
-                  ["distill", "--variant", "distilled"], ["eval"]):
-        assert main([*stage, str(config)]) == 0, stage
+    run_stage_chain(cfg, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     history = json.loads((run / "teacher/training.json").read_text())["history"]
     assert set(history[0]["loss"]) >= {"hinge", "match"}

@@ -1,0 +1,34 @@
+"""Where each named teacher of a run is fitted: the configured teacher in the run's `teacher/`, each
+variant of `experiment.teacher_variants` (the configured teacher with dotted `teacher.*` overrides)
+at a seed in `run_dir/teachers/<name>-seed<seed>`, its own run directory sharing the run's
+frozen-trunk caches (by key, so variants with the same trunk share one). The teacher ablation and
+an ensemble teacher (`teacher.ensemble`) fit and read them there.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from core.config import Config, apply_overrides
+from core.schema import build, to_dict
+from distill.workspace import RunPaths
+
+REFERENCE = "configured"
+
+
+def variant_run(cfg: Config, name: str, seed: int) -> Config:
+    """The config of one named teacher at a seed, as a single teacher (never an ensemble): the run's
+    own config for the configured teacher at the run's seed, else the variant's run directory."""
+    if name == REFERENCE and seed == cfg.seed:
+        return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=""))
+    overrides = cfg.experiment.teacher_variants.get(name, [])
+    root = RunPaths(cfg.run_dir)
+    run_dir = root.root / "teachers" / f"{name}-seed{seed}"
+    raw = apply_overrides(to_dict(cfg), [*overrides, f"run_dir={run_dir}", f"seed={seed}"])
+    raw["teacher"]["ensemble"] = ""
+    variant = build(Config, raw, f"experiment.teacher_variants.{name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root.features.mkdir(parents=True, exist_ok=True)
+    shared = run_dir / "features"
+    if not shared.exists():
+        shared.symlink_to(root.features.resolve(), target_is_directory=True)
+    return variant
