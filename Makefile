@@ -13,6 +13,7 @@ demo: $(VENV)/.installed
 	$(BIN)/itr-distill demo $(ARGS)
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
 
 flickr8k: $(VENV)/.installed

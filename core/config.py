@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from core.io import write_text
 from core.data.split_names import parse_split_name
+from core.io import write_text
 from core.schema import KEY_UNLESS_SET, NOT_IN_KEY, ConfigError, build, to_dict
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "apply_overrides"]
@@ -745,10 +745,6 @@ class Config:
             out.append(f"student.losses.cached_kd: needs scores.top_k >= its candidates ({cached.candidates}), "
                        f"got top_k {self.scores.top_k} (set cached_kd.weight: 0 to train without a top-K cache)")
         return out
-
-    @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

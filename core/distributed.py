@@ -10,10 +10,9 @@ import datetime
 import os
 from dataclasses import dataclass
 
-import torch.distributed.nn.functional as dist_nn
-
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def average_gradients(params: list[torch.nn.Parameter], ranks: Ranks) -> None:
     dist.all_reduce(flat)
     flat /= ranks.world
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
 

@@ -9,15 +9,23 @@ from core.config import STUDENT_VARIANTS, Config, StudentConfig
 from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
+from core.run_layout import ModelDir, RunPaths
 from core.towers.frozen import frozen_for
+from distill.models import load_model
 from distill.plan import kd_teacher_stage
-from distill.stages import (load_split, stage_data, stage_teacher_fit, stage_teacher_score, stage_teacher_tokens,
-                            stage_teacher_topk)
+from distill.stages import (
+    load_split,
+    stage_data,
+    stage_teacher_fit,
+    stage_teacher_score,
+    stage_teacher_tokens,
+    stage_teacher_topk,
+)
 from distill.student_stage import stage_distill
 from distill.variants import component_on, variant_config
-from distill.workspace import RunPaths, load_model
 from eval.ablation_table import summarise_rows, to_markdown
-from eval.evaluate import metrics_for, student_sims
+from eval.evaluate import student_sims
+from eval.systems import student_result
 
 log = logging.getLogger("itr_distill")
 ROWS = {"baseline": "contrastive only", "kd": "+ in-batch KD", "cached-kd": "+ cached top-K KD",
@@ -82,9 +90,10 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
             model = load_model(directory, device)
             sims = student_sims(model, split, model.image_tower.preprocess(), cfg.eval.batch_size, device, False,
                                 frozen_for(model, split, paths.features, cfg.eval.batch_size, device))
-            per_seed.append(metrics_for(sims, split, cfg.eval.folds))
-            log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1]["rsum"])
-        terms = read_json(directory / "model.json")["losses"]
+            per_seed.append(student_result(directory.name, read_json(ModelDir(directory).info), sims, split,
+                                           cfg.eval.folds))
+            log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1].rsum)
+        terms = list(per_seed[-1].losses)
         terms = terms + _structure(student_cfg, terms)
         rows.append({"variant": variant, "label": ROWS.get(variant, variant), "terms": terms,
                      "seeds": list(cfg.experiment.seeds), "per_seed": per_seed})
@@ -92,8 +101,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
     table = {"split": cfg.eval.split, "gallery_images": split.n_images, "seeds": list(cfg.experiment.seeds),
              "budget": f"{train.epochs} epochs of batch {train.batch_size}, selection {train.select}",
              "rows": summarise_rows(rows), "skipped": skipped, "machine": machine_info(), "command": command}
-    out = paths.root / "ablation"
-    write_json(out / "ablation.json", table)
-    write_text(out / "ablation.md", to_markdown(table))
-    log.info("ablation table written to %s", out / "ablation.md")
+    write_json(paths.student_ablation, table)
+    write_text(paths.student_ablation.with_suffix(".md"), to_markdown(table))
+    log.info("ablation table written to %s", paths.student_ablation.with_suffix(".md"))
     return table

@@ -24,7 +24,12 @@ from core.weights import load_state_dict_file
 from distill.memory import Memory
 
 log = logging.getLogger("itr_distill")
-STATE = "state.json"
+STATE, MODEL = "state.json", "model.safetensors"
+
+
+def epoch_dir(root: Path, epoch: int) -> Path:
+    """Where the checkpoint of `epoch` lives under a model directory's `checkpoints/`."""
+    return root / f"epoch_{epoch:03d}"
 
 
 @dataclass
@@ -41,7 +46,7 @@ class Trainables:
 def save(path: Path, parts: Trainables, state: dict[str, Any]) -> None:
     """Write checkpoint `path` (a directory) atomically; `state` goes to state.json with the file hashes."""
     with atomic_dir(path) as tmp:
-        save_weights(parts.model, tmp / "model.safetensors")
+        save_weights(parts.model, tmp / MODEL)
         save_weights(parts.objective, tmp / "objective.safetensors")
         if parts.memory is not None:
             save_tensors(parts.memory.state_dict(), tmp / "memory.safetensors")
@@ -78,7 +83,7 @@ def latest(root: Path, identity: str) -> tuple[Path, dict[str, Any]] | None:
 
 def restore(path: Path, parts: Trainables) -> None:
     """Load checkpoint `path` into the trainables (rebuilt the same way as the run that wrote it)."""
-    load_weights(parts.model, path / "model.safetensors")
+    load_weights(parts.model, path / MODEL)
     load_weights(parts.objective, path / "objective.safetensors")
     if parts.memory is not None:
         try:
@@ -96,4 +101,4 @@ def prune(root: Path, keep: set[int], keep_last: int) -> None:
     keep = keep | set(epochs[-keep_last:] if keep_last > 0 else [])
     for epoch in epochs:
         if epoch not in keep:
-            shutil.rmtree(root / f"epoch_{epoch:03d}")
+            shutil.rmtree(epoch_dir(root, epoch))

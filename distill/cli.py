@@ -7,10 +7,10 @@ import logging
 import os
 import shlex
 import sys
-from pathlib import Path
 
 from core.config import STUDENT_VARIANTS, Config, ConfigError, load_config, save_config
-from export.search import add_arguments as add_search_arguments
+from core.run_layout import RunPaths
+from export.runtime.search import add_arguments as add_search_arguments
 
 log = logging.getLogger("itr_distill")
 
@@ -128,8 +128,8 @@ def parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config:
     """Config file (or the run dir's saved config, or the default), then --run-dir and --set."""
     path = getattr(args, "config", None)
-    if path is None and args.command != "demo" and args.run_dir and (Path(args.run_dir) / "config.yaml").is_file():
-        path = Path(args.run_dir) / "config.yaml"
+    if path is None and args.command != "demo" and args.run_dir and RunPaths(args.run_dir).config.is_file():
+        path = RunPaths(args.run_dir).config
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
     overrides += ["data.skip_bad=true"] if args.skip_bad else []
     return load_config(path, overrides)
@@ -137,7 +137,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def dispatch(args: argparse.Namespace, command_line: str) -> None:
     if args.command == "search":  # before importing the stages: search must work without torch
-        from export.search import main as search_main
+        from export.runtime.search import main as search_main
 
         search_main(args)
         return
@@ -160,7 +160,7 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
     if args.command in ("run", "demo"):
         run_pipeline(cfg, command_line, args.force, args.resume)
         return
-    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    save_config(cfg, RunPaths(cfg.run_dir).config)
     if args.command == "data":
         stages.stage_data(cfg, args.force)
     elif args.command == "teacher" and args.teacher_command == "fit":
@@ -179,7 +179,7 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         from distill.ablation import stage_ablate
 
         stage_ablate(cfg, command_line, args.variants, args.force, args.resume)
-        report = Path(cfg.run_dir, "report.json")
+        report = RunPaths(cfg.run_dir).report_data
         if report.is_file():  # the run's report gains the table; it keeps the command that made the rest
             stages.stage_report(cfg.run_dir, json.loads(report.read_text(encoding="utf-8"))["command"])
     elif args.command == "ablate-teachers":

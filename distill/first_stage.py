@@ -11,8 +11,10 @@ import torch
 
 from core.data.records import CaptionSplit
 from core.io import sha256_file
+from core.run_layout import ModelDir, RunPaths
 from core.towers.frozen import frozen_for
-from distill.workspace import RunPaths, load_model
+from distill.models import load_model
+from export.runtime import MANIFEST as EXPORT_MANIFEST
 from student.encode import encode_split as student_encode
 
 RUN_STUDENTS = ("baseline", "distilled")
@@ -25,8 +27,8 @@ class FirstStage:
 
     @property
     def identity(self) -> dict[str, Any]:
-        weights = "model.safetensors" if self.kind == "student" else "manifest.json"
-        return {"kind": self.kind, "sha256": sha256_file(self.directory / weights)}
+        weights = ModelDir(self.directory).weights if self.kind == "student" else self.directory / EXPORT_MANIFEST
+        return {"kind": self.kind, "sha256": sha256_file(weights)}
 
     def embed(self, split: CaptionSplit, paths: RunPaths, batch_size: int,
               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +47,9 @@ class FirstStage:
 def first_stage(name: str, paths: RunPaths, seed: int) -> FirstStage:
     """`baseline` / `distilled` (this run's student of `seed`), or a student or export directory."""
     directory = paths.student(name, seed) if name in RUN_STUDENTS else Path(name)
-    if (directory / "model.json").is_file() and (directory / "model.safetensors").is_file():
+    if ModelDir(directory).info.is_file() and ModelDir(directory).weights.is_file():
         return FirstStage(directory, "student")
-    if (directory / "manifest.json").is_file() and (directory / "text_encoder.onnx").is_file():
+    if (directory / EXPORT_MANIFEST).is_file() and (directory / "text_encoder.onnx").is_file():
         return FirstStage(directory, "onnx")
     hint = " (train it first: `itr-distill distill --variant " + name + "`)" if name in RUN_STUDENTS else ""
     raise FileNotFoundError(f"{directory}: scores.generator must be a trained student directory (model.json, "

@@ -16,11 +16,12 @@ from torch import nn
 from core.config import GuidedLossConfig
 from core.data.records import CaptionSplit
 from core.io import sha256_file
+from core.run_layout import ModelDir, RunPaths
 from core.towers import build_towers
 from core.towers.frozen import frozen_for, split_outputs
 from core.towers.heads import TwoTowerModel, set_trainable
 from core.towers.image import TokenOutput
-from distill.workspace import RunPaths, feature_dim, load_model, text_source
+from distill.models import feature_dim, load_model, text_source
 from student.enhance import masked_mean
 from teacher.model import ScanTeacher
 
@@ -58,7 +59,7 @@ def _encode(model: nn.Module, split: CaptionSplit, paths: RunPaths, batch_size: 
 def guide_identity(cfg: GuidedLossConfig, paths: RunPaths) -> dict[str, Any]:
     """What names the guide beyond the student's config (which holds the towers' settings): the
     teacher's checkpoint when the teacher guides."""
-    return {"teacher": sha256_file(paths.teacher / "model.safetensors")} if cfg.source == "teacher" else {}
+    return {"teacher": sha256_file(ModelDir(paths.teacher).weights)} if cfg.source == "teacher" else {}
 
 
 def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, batch_size: int,

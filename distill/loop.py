@@ -30,7 +30,9 @@ from core.data.loading import Batch, lexical_rng, pair_loader
 from core.data.records import CaptionSplit
 from core.distributed import Ranks, average_gradients, gather_rows
 from core.io import atomic_path, write_json, write_text
+from core.precision import autocast
 from core.progress import progress as bar
+from core.run_layout import ModelDir
 from core.seeding import restore_rng, rng_state, seed_everything
 from core.towers.frozen import NOT_FROZEN, Frozen
 from distill import checkpoints
@@ -76,62 +78,86 @@ def _schedule(settings: TrainConfig, total_steps: int) -> Callable[[int], float]
     return factor
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked for; float32 (no autocast) elsewhere."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Recipe:
+    """What the model is trained toward: the objective's terms, what they read besides the batch
+    (`context`: teacher scores, cached lists, the bank), the momentum encoder, queues and bank kept up
+    to date (`memory`), and per-tower learning-rate scales ({"image_tower": 0.1} scales the
+    parameters under `model.image_tower`)."""
+
+    objective: Objective
+    context: StepContext = field(default_factory=StepContext)
+    memory: Memory | None = None
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
-def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, preprocess: ImagePreprocess | None,
-        settings: TrainConfig, out_dir: str | Path, seed: int, device: torch.device,
-        lr_scales: dict[str, float] | None = None, context: StepContext | None = None, memory: Memory | None = None,
-        evaluate: Evaluate | None = None, desc: str = "train", progress: bool = True,
-        frozen: Frozen = NOT_FROZEN, ranks: Ranks = Ranks(), identity: str = "", resume: bool = False) -> FitResult:
-    """Train `model` on caption-level pairs of `train_split`; write checkpoints under `out_dir`.
+@dataclass(frozen=True)
+class TrainData:
+    """The caption-level pairs of `split`, images through `preprocess`; `frozen` holds cached outputs
+    of frozen towers for `split` (see core.towers.frozen), whose inputs are then neither loaded nor run."""
 
-    `context` carries what the loss terms read besides the batch (teacher scores, cached lists, the
-    bank), `memory` the momentum encoder, queues and bank it keeps up to date. `frozen` holds cached
-    outputs of frozen towers for `train_split` (see core.towers.frozen): their inputs are then
-    neither loaded nor run through the tower. `settings.batch_size` is the global batch over `ranks`.
+    split: CaptionSplit
+    preprocess: ImagePreprocess | None
+    frozen: Frozen = NOT_FROZEN
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Where and how one training run goes: its directory, seed, device and torchrun `ranks`.
     `identity` names the run (the stage key's hash); with `resume`, training continues from the
-    latest valid checkpoint of that identity and ends as the run left alone would have.
-    """
-    out_dir = Path(out_dir)
-    context = context or StepContext()
-    if objective.needs_teacher and context.teacher is None:
+    latest valid checkpoint of that identity and ends as the run left alone would have."""
+
+    out_dir: Path
+    seed: int
+    device: torch.device
+    ranks: Ranks = Ranks()
+    identity: str = ""
+    resume: bool = False
+    desc: str = "train"
+    progress: bool = True
+
+
+def fit(model: nn.Module, recipe: Recipe, data: TrainData, settings: TrainConfig, run: RunSpec,
+        evaluate: Evaluate | None = None) -> FitResult:
+    """Train `model` on `data` toward `recipe`; write checkpoints, the step log and the selected
+    weights under `run.out_dir`. `settings.batch_size` is the global batch over `run.ranks`;
+    `evaluate` (rank 0 only) gives the validation metrics epochs are selected by."""
+    objective, ranks = recipe.objective, run.ranks
+    if objective.needs_teacher and recipe.context.teacher is None:
         raise ValueError("the objective has a distillation term but no teacher scores were given")
     if settings.batch_size % ranks.world:
         raise ValueError(f"train.batch_size {settings.batch_size} is not divisible by the {ranks.world} torchrun ranks")
-    generator = seed_everything(seed)
-    model.to(device)
-    objective.to(device)
-    loader = pair_loader(train_split, preprocess, model.tokenize, settings.batch_size, generator=generator,
-                         batching=settings.batching, group_size=settings.group_size, seed=seed,
-                         load_images=frozen[0] is None, shard=(ranks.rank, ranks.world))
+    generator = seed_everything(run.seed)
+    model.to(run.device)
+    objective.to(run.device)
+    loader = pair_loader(data.split, data.preprocess, model.tokenize, settings.batch_size, generator=generator,
+                         batching=settings.batching, group_size=settings.group_size, seed=run.seed,
+                         load_images=data.frozen[0] is None, shard=(ranks.rank, ranks.world))
     if len(loader) == 0:
-        raise ValueError(f"{train_split.source}: {train_split.n_captions} captions give no full batch of {settings.batch_size}")
-    optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, lr_scales or {}))
+        raise ValueError(f"{data.split.source}: {data.split.n_captions} captions give no full batch of {settings.batch_size}")
+    optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, recipe.lr_scales))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, settings.epochs * len(loader)))
-    step = _Step(model, objective, optimizer, scheduler, settings, device, frozen, context, memory, ranks)
-    parts = checkpoints.Trainables(model, objective, optimizer, scheduler, memory)
-    progress_state = _Progress(identity)
-    root = out_dir / "checkpoints"
-    found = checkpoints.latest(root, identity) if resume and root.is_dir() else None
+    step = _Step(model, objective, optimizer, scheduler, settings, run.device, data.frozen, recipe.context,
+                 recipe.memory, ranks)
+    parts = checkpoints.Trainables(model, objective, optimizer, scheduler, recipe.memory)
+    progress_state = _Progress(run.identity)
+    files, desc = ModelDir(run.out_dir), run.desc
+    root = files.checkpoints
+    found = checkpoints.latest(root, run.identity) if run.resume and root.is_dir() else None
     if found:
-        progress_state = _resume(found, parts, generator, loader, out_dir / "train_log.jsonl", ranks)
+        progress_state = _resume(found, parts, generator, loader, files.train_log, ranks)
         log.info("%s: resuming after epoch %d from %s", desc, progress_state.epoch, found[0])
     elif root.is_dir() and ranks.is_main:
         log.info("%s: starting over, replacing the checkpoints in %s%s", desc, root,
-                 "" if resume else " (--resume continues from the latest instead)")
+                 "" if run.resume else " (--resume continues from the latest instead)")
         shutil.rmtree(root)
     ranks.barrier()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_file(out_dir / "train_log.jsonl", progress_state.epoch > 0, ranks) as log_file:
+    files.root.mkdir(parents=True, exist_ok=True)
+    with _log_file(files.train_log, progress_state.epoch > 0, ranks) as log_file:
         for epoch in range(progress_state.epoch + 1, settings.epochs + 1):
             started = time.perf_counter()
             losses = _train_epoch(step, loader, epoch, log_file, f"{desc} epoch {epoch}/{settings.epochs}",
-                                  progress and ranks.is_main, root)
+                                  run.progress and ranks.is_main, root)
             record = {"epoch": epoch, "steps": scheduler.last_epoch, "seconds": round(time.perf_counter() - started, 2),
                       "loss": losses}
             progress_state.epoch = epoch
@@ -146,14 +172,14 @@ def fit(model: nn.Module, objective: Objective, train_split: CaptionSplit, prepr
             log_file.flush()
             _log_epoch(desc, settings.epochs, record)
             state = {**asdict(progress_state), "rng": generators, "lexical": _lexical_state(loader)}
-            checkpoints.save(root / f"epoch_{epoch:03d}", parts, state)
+            checkpoints.save(checkpoints.epoch_dir(root, epoch), parts, state)
             checkpoints.prune(root, keep={epoch, progress_state.best_epoch}, keep_last=settings.keep_checkpoints)
     best_epoch = settings.epochs if settings.select == "last" else progress_state.best_epoch or settings.epochs
-    weights = out_dir / "model.safetensors"
+    weights = files.weights
     if ranks.is_main:
         with atomic_path(weights) as tmp:
-            shutil.copyfile(root / f"epoch_{best_epoch:03d}" / "model.safetensors", tmp)
-        write_json(out_dir / "training.json", {"selected_epoch": best_epoch, "select": settings.select,
+            shutil.copyfile(checkpoints.epoch_dir(root, best_epoch) / checkpoints.MODEL, tmp)
+        write_json(files.training, {"selected_epoch": best_epoch, "select": settings.select,
                                                "history": progress_state.history})
     ranks.barrier()
     return FitResult(weights, best_epoch, progress_state.history)

@@ -121,10 +121,10 @@ class MomentumEncoder:
     def update(self, model: nn.Module) -> None:
         if self.model is None:
             return
-        for p_m, p in zip(self.model.parameters(), model.parameters()):
+        for p_m, p in zip(self.model.parameters(), model.parameters(), strict=True):
             if p.requires_grad:  # frozen towers stay equal
                 p_m.mul_(self.coefficient).add_(p.detach(), alpha=1 - self.coefficient)
-        for b_m, b in zip(self.model.buffers(), model.buffers()):
+        for b_m, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_m.copy_(b)
 
 

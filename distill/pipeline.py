@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from core.config import Config, save_config
 from core.resources import StageLog
+from core.run_layout import RunPaths
 from distill.plan import PlanError, make_plan
-from distill.stages import (stage_bench, stage_data, stage_eval, stage_export, stage_report, stage_teacher_fit,
-                            stage_teacher_score, stage_teacher_tokens, stage_teacher_topk)
+from distill.stages import (
+    stage_bench,
+    stage_data,
+    stage_eval,
+    stage_export,
+    stage_report,
+    stage_teacher_fit,
+    stage_teacher_score,
+    stage_teacher_tokens,
+    stage_teacher_topk,
+)
 from distill.student_stage import stage_distill
-from distill.workspace import RunPaths
 from teacher.model import PairCounter
 
 log = logging.getLogger("itr_distill")
@@ -33,7 +41,7 @@ def run_pipeline(cfg: Config, command: str, force: bool = False, resume: bool = 
     if plan.problems:
         raise PlanError("the run is refused before any stage works:\n  " + "\n  ".join(plan.problems)
                         + "\n(`itr-distill plan CONFIG` prints the whole plan)")
-    save_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    save_config(cfg, RunPaths(cfg.run_dir).config)
     stages = StageLog(RunPaths(cfg.run_dir).stage_log)
 
     def stage(name: str, run, *args) -> None:
@@ -58,5 +66,5 @@ def run_pipeline(cfg: Config, command: str, force: bool = False, resume: bool = 
     stage("eval", stage_eval, cfg)
     stage("bench", stage_bench, cfg)
     summary = stage_report(cfg.run_dir, command)
-    log.info("run finished in %.0f s: %s", time.perf_counter() - started, Path(cfg.run_dir) / "report.md")
+    log.info("run finished in %.0f s: %s", time.perf_counter() - started, RunPaths(cfg.run_dir).report)
     return summary

@@ -24,10 +24,12 @@ from core.config import Config, ImageTowerConfig, StudentConfig, TeacherConfig
 from core.data.batching import NEIGHBOUR_BLOCK_BYTES
 from core.data.split_names import selected
 from core.paths import resolve_path
+from core.run_layout import RunPaths
 from distill.terms import uses_teacher
 from distill.variants import variant_config
 
 GIB = 2**30
+RUN = RunPaths(".")  # paths relative to the run directory, as plans name what a stage reads and writes
 LIBRARIES = int(0.6 * GIB)  # a stage process with torch, transformers, timm and onnx imported (RssAnon, measured)
 CAPTION_BYTES = 160  # a caption as a Python str in the split's tuple, with its share of the tuple
 SAVED_PER_LOGIT = 6  # float32 tensors of the shape of the cross attention's logits kept for the backward pass
@@ -89,6 +91,10 @@ class Plan:
                   f"{self.disk_where}); peak memory limit {_size(self.memory_limit)}; in-batch KD's teacher scores: "
                   f"{self.kd_source or 'not used'}"]
         return "\n".join(lines + ([f"REFUSED: {p}" for p in self.problems] or ["the plan fits its limits"]))
+
+
+def _name(path: Path, suffix: str = "") -> str:
+    return path.as_posix() + suffix
 
 
 def _size(n: float) -> str:
@@ -292,15 +298,15 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
     chunk = cfg.teacher.scan.max_chunk_elements * 4 * 8  # one block of word-region logits and what is derived from it
     kind, _, rest = name.partition(" ")
     if name == "data":
-        s = StagePlan(name, [cfg.data.path or "generated scenes"], ["data.json", "file_checks.json"])
+        s = StagePlan(name, [cfg.data.path or "generated scenes"], [_name(RUN.data_summary), _name(RUN.file_checks)])
         s.memory = {"captions": sum(x.captions for x in shapes.values()) * CAPTION_BYTES, "feature check block": 64 << 20}
     elif name == "teacher fit":
-        s = StagePlan(name, ["train", "val"], ["teacher/"])
+        s = StagePlan(name, ["train", "val"], [_name(RUN.teacher, "/")])
         _training(s, cfg.teacher, teacher, train, val, teacher=True)
         s.disk_bytes += _frozen_disk(teacher, cfg.teacher, shapes)
     elif kind == "teacher" and rest.startswith("tokens"):
         split = shapes[rest.split()[1]]
-        s = StagePlan(name, ["teacher/", rest.split()[1]], [f"teacher_tokens/{rest.split()[1]}/"])
+        s = StagePlan(name, [_name(RUN.teacher, "/"), rest.split()[1]], [_name(RUN.teacher_tokens(rest.split()[1]), "/")])
         s.disk_bytes = (split.images * teacher.image_tokens + split.captions * words) * (d * token_item + 1) + \
             (split.images + split.captions) * d * token_item
         s.memory = {"model": 4 * (teacher.trainable + teacher.frozen), "encoding batch": cfg.eval.batch_size * (
@@ -308,7 +314,9 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
     elif kind == "teacher" and rest.startswith("score"):
         which = rest.split()[1]
         split = shapes[which.removesuffix("-topk")]
-        s = StagePlan(name, [f"teacher_tokens/{which.removesuffix('-topk')}/"], [f"scores/{which}/"])
+        base = which.removesuffix("-topk")
+        out = RUN.topk_scores(base) if which.endswith("-topk") else RUN.scores(base)
+        s = StagePlan(name, [_name(RUN.teacher_tokens(base), "/")], [_name(out, "/")])
         s.memory = {"scoring block": block + chunk, "model": 4 * (teacher.trainable + teacher.frozen)}
         s.knobs = {"scoring block": "scores.block_gib"}
         if which.endswith("-topk"):
@@ -322,13 +330,13 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
     elif kind == "distill":
         student_cfg = variant_config(cfg, rest)
         size = model_size(cfg, student_cfg)
-        s = StagePlan(name, ["train", "val"], [f"students/{rest}-seed*/"])
+        s = StagePlan(name, ["train", "val"], [_name(RUN.student(rest, "*"), "/")])
         seeds = len(cfg.experiment.seeds)
         _training(s, student_cfg, size, train, val, teacher=False, runs=seeds)
         b, e, m = student_cfg.train.batch_size, student_cfg.embedding_dim, student_cfg.momentum
         if student_cfg.losses.kd.weight > 0:
             source = kd_source(cfg, train.images, train.captions)
-            s.reads.append("teacher_tokens/train/" if source == "online" else "scores/train/")
+            s.reads.append(_name(RUN.teacher_tokens("train") if source == "online" else RUN.scores("train"), "/"))
             queued = m.queue_size if m.queue_size and "kd" in m.queue_terms else 0
             if source == "online":  # read from the cache otherwise: the cache's stage scored them
                 steps = student_cfg.train.epochs * (train.captions // b) * (b * b + 2 * b * queued)
@@ -344,13 +352,14 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
         s.disk_bytes += _frozen_disk(size, student_cfg, shapes) if rest == "baseline" else 0
     elif name == "export":
         size = sizes["student"]
-        s = StagePlan(name, ["students/distilled-seed*/", cfg.eval.split], ["export/"])
+        s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), cfg.eval.split], [_name(RUN.export, "/")])
         s.memory = {"student and ONNX sessions": 4 * (size.trainable + size.frozen) * 6,
                     "gate images": cfg.export.gate_images * (size.image_tokens * size.image_width + 3 * 224 * 224) * 4}
         s.disk_bytes = 4 * (size.trainable + size.frozen) * 4
     elif name == "eval":
         matrix = test.images * test.captions
-        s = StagePlan(name, ["teacher/", "students/", "export/", cfg.eval.split], ["eval/results.json"])
+        s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.students, "/"), _name(RUN.export, "/"), cfg.eval.split],
+                      [_name(RUN.eval_results)])
         # teacher and student (4 bytes each), re-ranking's i2t and t2i copies (8 each), the metrics' temporaries
         s.memory = {"score matrices": matrix * 32, "scoring block": block + chunk}
         s.knobs = {"score matrices": f"data.limit_{cfg.eval.split}", "scoring block": "scores.block_gib"}
@@ -358,7 +367,7 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
                                        for k in cfg.eval.rerank_k)
         s.disk_bytes = (test.images * teacher.image_tokens + test.captions * words) * (d * token_item + 1)
     elif name == "bench":
-        s = StagePlan(name, ["teacher/", "export/", cfg.eval.split], ["bench/"])
+        s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.export, "/"), cfg.eval.split], [_name(RUN.bench.parent, "/")])
         s.memory = {"teacher gallery tokens": int(cfg.bench.teacher_max_gib * GIB * 1.25),
                     "student gallery": max(cfg.bench.gallery_sizes) * cfg.student.embedding_dim * 4 * 2}
         s.knobs = {"teacher gallery tokens": "bench.teacher_max_gib", "student gallery": "bench.gallery_sizes"}

@@ -27,9 +27,9 @@ from core.config import load_config
 from core.data.synthetic_features import generate_features
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
+from core.run_layout import RunPaths
 from distill.plan import GIB, SplitShape, make_plan, split_shapes
 from distill.stages import load_split, teacher_tokens
-from distill.workspace import RunPaths
 from teacher.online import OnlineTeacher
 
 FLICKR30K = (29_000, 1_014, 1_000)
@@ -76,7 +76,7 @@ def _work_ratio(stage: str, here: dict[str, SplitShape], there: dict[str, SplitS
 def summarise(config_path: Path, run_dir: Path, wall_s: float | None) -> dict[str, Any]:
     """Measured stages beside the plan's estimates, and the plan and projected peaks at COCO's size."""
     cfg = load_config(config_path)
-    measured = read_json(run_dir / "stages.json")
+    measured = read_json(RunPaths(run_dir).stage_log)
     plan = {s.name: s for s in make_plan(cfg).stages}
     here = split_shapes(cfg)
     there = {"train": COCO, "val": COCO_VAL, "test": COCO_TEST}
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "distill", "run", str(config)], check=True)
         wall_s = time.perf_counter() - started
     result = summarise(config, run_dir, wall_s)
-    result["shape"] = dict(zip(("train", "val", "test"), args.images))
+    result["shape"] = dict(zip(("train", "val", "test"), args.images, strict=True))
     result["machine_info"] = machine_info()
     result["online_sources"] = online_sources(config)
     write_json(out / "rehearsal.json", result)

@@ -1,4 +1,4 @@
-"""The pipeline's stages. Each reads and writes the files described in `distill.workspace`, so
+"""The pipeline's stages. Each reads and writes the files named in `core.run_layout`, so
 each can run alone (`itr-distill <stage>`) and `run` can chain them, skipping the up-to-date ones."""
 from __future__ import annotations
 
@@ -16,41 +16,42 @@ from core.data.karpathy import read_karpathy
 from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
 from core.data.records import CaptionSplit
-from core.data.synthetic import JSON_NAME, generate
+from core.data.synthetic import IMAGE_DIR, JSON_NAME, generate
 from core.data.validate import CheckCache
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
 from core.io import read_json, sha256_file, sha256_json, write_json
-from core.schema import stage_key, to_dict
+from core.precision import precision
 from core.ranking import top_k_ids
+from core.run_layout import ModelDir, RunPaths, stamp, up_to_date
+from core.schema import stage_key, to_dict
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
 from distill.first_stage import RUN_STUDENTS, first_stage
+from distill.loop import Recipe, RunSpec, TrainData, fit
+from distill.models import feature_dim, load_model, new_model, save_model_info, text_source
 from distill.plan import require
-from distill.loop import fit
 from distill.teacher_runs import variant_run
 from distill.terms import teacher_objective
-from distill.workspace import (RunPaths, feature_dim, load_model, new_model, save_model_info, stamp, text_source,
-                               up_to_date)
 from eval.bench import run_benchmark
-from eval.ensemble import fit_ensemble
 from eval.bench_tables import write_bench_files
-from eval.evaluate import metrics_for, onnx_sims, student_sims, teacher_metrics, teacher_split_metrics
-from eval.report import write_report
-from eval.rerank import rerank_metrics, with_first_stage
+from eval.ensemble import fit_ensemble
+from eval.evaluate import student_sims, teacher_split_metrics
 from eval.metrics import retrieval_metrics
+from eval.records import EvalResults, SystemResult
+from eval.report import write_report
+from eval.systems import onnx_result, rerank_results, student_result, teacher_result
 from export.onnx_export import GateData, export_student
+from export.runtime import MANIFEST as EXPORT_MANIFEST
+from teacher.cache import MANIFEST, cache_identity, open_score_cache, write_score_cache
 from teacher.ensemble import EnsembleSide, EnsembleTeacher, Standardised
-from teacher.cache import cache_identity, open_score_cache, write_score_cache
 from teacher.model import ScanTeacher
-from teacher.scoring import Teacher, candidate_scorer, precision, score_all
+from teacher.scoring import Teacher, candidate_scorer, score_all
 from teacher.tokens import TokenStore, build_token_store, open_token_store, token_identity
 from teacher.topk import build_topk_cache, open_topk_cache, scores_from_dense, topk_identity
 
 log = logging.getLogger("itr_distill")
-ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_STEP = 0.1  # the weight grid of an ensemble teacher
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
 # ---------------------------------------------------------------- data
@@ -77,7 +78,7 @@ def load_split(cfg: Config, which: str) -> CaptionSplit:
         root = _synthetic_dir(cfg)
         if not (root / JSON_NAME).is_file():
             raise FileNotFoundError(f"{root / JSON_NAME}: synthetic dataset not generated yet; run `itr-distill data` first")
-        split = read_karpathy(root / JSON_NAME, root / "images", [which], which, data.captions_per_image,
+        split = read_karpathy(root / JSON_NAME, root / IMAGE_DIR, [which], which, data.captions_per_image,
                               data.skip_bad, limit, checks)
     if split.skipped:
         log.warning("%s: left out %d bad image entries of %s (data.skip_bad); the data stage lists them in %s",
@@ -155,11 +156,15 @@ def _fit_teacher(cfg: Config, force: bool, resume: bool = False) -> Path:
     save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)
     pre, bs = teacher.image_tower.preprocess(), cfg.eval.batch_size
     frozen_val = frozen_for(teacher, val, paths.features, bs, device)
-    evaluate = lambda m: teacher_split_metrics(m, val, pre, bs, device, False, frozen_val)[0]
-    result = fit(teacher, teacher_objective(cfg.teacher), train, pre, cfg.teacher.train, out, cfg.seed, device,
-                 lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale, "text_tower": cfg.teacher.text_tower.lr_scale},
-                 evaluate=evaluate, desc="teacher", frozen=frozen_for(teacher, train, paths.features, bs, device),
-                 identity=sha256_json(key), resume=resume)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return teacher_split_metrics(model, val, pre, bs, device, False, frozen_val)[0]
+
+    recipe = Recipe(teacher_objective(cfg.teacher), lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale,
+                                                               "text_tower": cfg.teacher.text_tower.lr_scale})
+    data = TrainData(train, pre, frozen_for(teacher, train, paths.features, bs, device))
+    run = RunSpec(out, cfg.seed, device, identity=sha256_json(key), resume=resume, desc="teacher")
+    result = fit(teacher, recipe, data, cfg.teacher.train, run, evaluate)
     log.info("teacher: epoch %d selected, val rsum %.1f", result.selected_epoch, result.selected_metrics.get("rsum", float("nan")))
     stamp(out, key)
     return out
@@ -171,10 +176,10 @@ def _fit_ensemble(cfg: Config, force: bool) -> Path:
     paths, name = RunPaths(cfg.run_dir), cfg.teacher.ensemble
     members = cfg.experiment.teacher_ensembles[name]
     configs = [variant_run(cfg, m, cfg.seed) for m in members]
-    checkpoints = [_fit_teacher(c, force) / "model.safetensors" for c in configs]
+    checkpoints = [ModelDir(_fit_teacher(c, force)).weights for c in configs]
     val = load_split(cfg, "val")
     key = {"ensemble": name, "data": val.fingerprint(), "step": ENSEMBLE_STEP,
-           "members": {m: sha256_file(c) for m, c in zip(members, checkpoints)}}
+           "members": {m: sha256_file(c) for m, c in zip(members, checkpoints, strict=True)}}
     out = paths.teacher_ensemble
     if not force and up_to_date(out, key):
         log.info("teacher ensemble %s is up to date (%s)", name, out)
@@ -186,14 +191,14 @@ def _fit_ensemble(cfg: Config, force: bool) -> Path:
         sims.append(score_all(teacher, store.images, store.captions, cfg.scores.block_gib, False, cfg.scores.bf16))
     chosen = fit_ensemble(sims, val.captions_per_image, step=ENSEMBLE_STEP)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / ENSEMBLE_FILE, {
+    write_json(paths.ensemble_spec, {
         "name": name, "selection": {"split": "val", "rsum": chosen.selection_rsum},
         "members": [{"name": m, "directory": os.path.relpath(c.parent, paths.root), "sha256": key["members"][m],
                      "weight": t.weight, "mean": t.mean, "std": t.std}
-                    for m, c, t in zip(members, checkpoints, chosen.terms)]})
+                    for m, c, t in zip(members, checkpoints, chosen.terms, strict=True)]})
     stamp(out, key)
     log.info("teacher ensemble %s: weights %s, selection rsum %.1f", name,
-             dict(zip(members, chosen.weights)), chosen.selection_rsum)
+             dict(zip(members, chosen.weights, strict=True)), chosen.selection_rsum)
     return out
 
 
@@ -202,8 +207,8 @@ def teacher_hash(cfg: Config) -> str:
     checkpoint, or the ensemble's weights file (which names each member's checkpoint)."""
     paths = RunPaths(cfg.run_dir)
     if cfg.teacher.ensemble:
-        return sha256_file(paths.teacher_ensemble / ENSEMBLE_FILE)
-    return sha256_file(paths.teacher / "model.safetensors")
+        return sha256_file(paths.ensemble_spec)
+    return sha256_file(ModelDir(paths.teacher).weights)
 
 
 def _cache_identity(cfg: Config, split: CaptionSplit) -> dict[str, Any]:
@@ -225,33 +230,34 @@ def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.d
     encoding. An ensemble reads each member's store (members of weight 0 are left out)."""
     if not cfg.teacher.ensemble:
         return _single_tokens(cfg, which, split, device, ranks, force)
-    file = RunPaths(cfg.run_dir).teacher_ensemble / ENSEMBLE_FILE
+    file = RunPaths(cfg.run_dir).ensemble_spec
     if not file.is_file():
         raise FileNotFoundError(f"{file}: the ensemble {cfg.teacher.ensemble!r} has no weights yet "
                                 "(run `itr-distill teacher fit`)")
     spec = read_json(file)
-    members, terms, stores = [], [], []
-    for member in (m for m in spec["members"] if m["weight"] > 0):
-        member_cfg = variant_run(cfg, member["name"], cfg.seed)
-        checkpoint = RunPaths(member_cfg.run_dir).teacher / "model.safetensors"
+    for member in spec["members"]:  # a member of weight 0 took part in choosing the others' weights
+        checkpoint = ModelDir(RunPaths(variant_run(cfg, member["name"], cfg.seed).run_dir).teacher).weights
         if sha256_file(checkpoint) != member["sha256"]:
             raise ValueError(f"{checkpoint}: refitted since the weights in {file} were chosen "
                              "(run `itr-distill teacher fit` to choose them again)")
-        teacher, store = _single_tokens(member_cfg, which, split, device, ranks, force)
+    used = [m for m in spec["members"] if m["weight"] > 0]
+    members, terms, stores = [], [], []
+    for member in used:
+        member_cfg = variant_run(cfg, member["name"], cfg.seed)
+        teacher, store = _single_tokens(member_cfg, which, split, device, ranks, force, member["sha256"])
         members.append(teacher)
         terms.append(Standardised(member["weight"], member["mean"], member["std"]))
         stores.append(store)
-    label = (f"ensemble {spec['name']}: " + " + ".join(f"{m['weight']:.1f} x {m['name']}" for m in spec["members"]
-                                                       if m["weight"] > 0) + " (latency: the configured teacher alone)")
-    return (EnsembleTeacher(members, terms, label),
+    return (EnsembleTeacher(members, terms, spec["name"], [m["name"] for m in used]),
             TokenStore(EnsembleSide([s.images for s in stores]), EnsembleSide([s.captions for s in stores])))
 
 
 def _single_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
-                   force: bool = False) -> tuple[ScanTeacher, TokenStore]:
-    """`teacher_tokens` of the single teacher fitted in the run's `teacher/`."""
+                   force: bool = False, checkpoint_sha256: str | None = None) -> tuple[ScanTeacher, TokenStore]:
+    """`teacher_tokens` of the single teacher fitted in the run's `teacher/` (whose checkpoint hash the
+    caller may already know)."""
     paths = RunPaths(cfg.run_dir)
-    identity = token_identity(sha256_file(paths.teacher / "model.safetensors"), split.fingerprint(), split.name,
+    identity = token_identity(checkpoint_sha256 or sha256_file(ModelDir(paths.teacher).weights), split.fingerprint(), split.name,
                               split.n_images, split.n_captions, cfg.scores.token_dtype)
     out = paths.teacher_tokens(which)
     teacher = load_model(paths.teacher, device)
@@ -284,7 +290,7 @@ def stage_teacher_score(cfg: Config, which: str = "train", force: bool = False) 
     split = load_split(cfg, which)
     identity = _cache_identity(cfg, split)
     out = paths.scores(which)
-    if not force and (out / "manifest.json").is_file():
+    if not force and (out / MANIFEST).is_file():
         try:
             open_score_cache(out, identity)
             log.info("score cache for %s is up to date (%s)", which, out)
@@ -322,7 +328,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
     generator = first_stage(cfg.scores.generator, paths, cfg.experiment.seeds[0])
     identity = topk_identity_for(cfg, paths, split, device)
     out = paths.topk_scores(which)
-    if not force and (out / "manifest.json").is_file():
+    if not force and (out / MANIFEST).is_file():
         try:
             open_topk_cache(out, identity)
             log.info("top-%d score cache for %s is up to date (%s)", k, which, out)
@@ -363,7 +369,7 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
     require(cfg, "export")
     paths = RunPaths(cfg.run_dir)
     student_dir = Path(student_dir) if student_dir else paths.student("distilled", cfg.experiment.seeds[0])
-    weights = student_dir / "model.safetensors"
+    weights = ModelDir(student_dir).weights
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no trained student to export (run `itr-distill distill` first)")
     key = {"source": sha256_file(weights), "export": to_dict(cfg.export)}
@@ -384,8 +390,8 @@ def stage_export(cfg: Config, student_dir: str | Path | None = None, force: bool
 def _export_source(paths: RunPaths) -> Path:
     """The student directory an export was made from (recorded in its manifest), in this run directory if it
     is there: the run may have moved since the export, or be read from another working directory."""
-    recorded = Path(read_json(paths.export / "manifest.json")["source_checkpoint"]["path"]).parent
-    here = paths.root / "students" / recorded.name
+    recorded = Path(read_json(paths.export / EXPORT_MANIFEST)["source_checkpoint"]["path"]).parent
+    here = paths.students / recorded.name
     return here if here.is_dir() else recorded
 
 
@@ -393,25 +399,17 @@ def _student_dirs(cfg: Config) -> list[Path]:
     paths = RunPaths(cfg.run_dir)
     variants = RUN_STUDENTS if cfg.experiment.baseline else ("distilled",)
     return [paths.student(v, s) for s in cfg.experiment.seeds for v in variants
-            if (paths.student(v, s) / "model.safetensors").is_file()]
-
-
-def _teacher_label(cfg) -> str:
-    if cfg.matching == "imram":
-        return f"IMRAM, {cfg.imram.side} side, {cfg.imram.steps} steps"
-    if cfg.matching == "cross":
-        return f"cross-encoder, {cfg.cross.layers} layer(s)"
-    return f"SCAN {cfg.scan.direction}"
+            if ModelDir(paths.student(v, s)).weights.is_file()]
 
 
 def _rerank_source(cfg: Config, paths: RunPaths) -> str:
     """The student whose top-K the teacher re-ranks: the exported one, else the first seed's distilled one."""
-    if (paths.export / "manifest.json").is_file():
+    if (paths.export / EXPORT_MANIFEST).is_file():
         return _export_source(paths).name
     return paths.student("distilled", cfg.experiment.seeds[0]).name
 
 
-def stage_eval(cfg: Config) -> dict[str, Any]:
+def stage_eval(cfg: Config) -> EvalResults:
     """Metrics of the teacher (scored from its token store of the split), every trained student, student
     top-K re-ranked by the teacher, and the ONNX export on the evaluation split."""
     require(cfg, "eval")
@@ -419,52 +417,34 @@ def stage_eval(cfg: Config) -> dict[str, Any]:
     split = load_split(cfg, cfg.eval.split)
     device = resolve_device(cfg.device)
     bs, folds = cfg.eval.batch_size, cfg.eval.folds
-    systems: list[dict[str, Any]] = []
-    scorer = None
-    if (paths.teacher / "model.safetensors").is_file():
+    systems: list[SystemResult] = []
+    teacher = None
+    if ModelDir(paths.teacher).weights.is_file():
         teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
-        metrics, scored = teacher_metrics(teacher, store.images, store.captions, split, folds, cfg.scores.block_gib,
-                                          cfg.scores.bf16)
-        label = teacher.label if isinstance(teacher, EnsembleTeacher) else _teacher_label(teacher.cfg)
-        systems.append({"name": "teacher", "group": "teacher", "seed": cfg.seed, "matching": label,
-                        "metrics": metrics, "scored": scored, "token_dtype": cfg.scores.token_dtype})
-        scorer = candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16)
-    by_name = {}
+        systems.append(teacher_result(teacher, store.images, store.captions, split, cfg.seed, folds,
+                                      cfg.scores.block_gib, cfg.scores.bf16, cfg.scores.token_dtype))
     rerank_source = _rerank_source(cfg, paths)
     for student_dir in _student_dirs(cfg):
-        info = read_json(student_dir / "model.json")
         student = load_model(student_dir, device)
         sims = student_sims(student, split, student.image_tower.preprocess(), bs, device,
                             frozen=frozen_for(student, split, paths.features, bs, device))
-        entry = {"name": student_dir.name, "group": info["variant"], "seed": info["seed"], "losses": info["losses"],
-                 "metrics": metrics_for(sims, split, folds)}
-        systems.append(entry)
-        by_name[student_dir.name] = entry
-        if scorer is not None and student_dir.name == rerank_source:
-            fused = with_first_stage(scorer, sims, cfg.eval.rerank_student_weight)
-            systems += [{"name": f"rerank-top{k}", "group": f"rerank-top{k}", "seed": info["seed"], "k": k,
-                         "source": student_dir.name, "student_weight": cfg.eval.rerank_student_weight,
-                         "metrics": rerank_metrics(sims, fused, k, split.captions_per_image, folds)}
-                        for k in cfg.eval.rerank_k]
-    if (paths.export / "manifest.json").is_file():
+        result = student_result(student_dir.name, read_json(ModelDir(student_dir).info), sims, split, folds)
+        systems.append(result)
+        if teacher is not None and student_dir.name == rerank_source:
+            systems += rerank_results(result, sims, teacher, store.images, store.captions, split, cfg.eval.rerank_k,
+                                      cfg.eval.rerank_student_weight, folds, cfg.scores.bf16)
+    if (paths.export / EXPORT_MANIFEST).is_file():
         source = _export_source(paths).name
-        for variant in read_json(paths.export / "manifest.json").get("variants", {}):
-            metrics = metrics_for(onnx_sims(str(paths.export), split, bs, variant), split, folds)
-            entry = {"name": f"onnx-{variant}", "group": f"onnx-{variant}", "variant": variant, "seed": None,
-                     "source": source, "metrics": metrics}
-            if source in by_name:  # fp32 recalls must be identical; a near-tie can move a mean rank by 1/n
-                ref = by_name[source]["metrics"]
-                entry["recall_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in RECALL_KEYS)
-                entry["r1_drop_vs_pytorch"] = max(0.0, *(ref[k] - metrics[k] for k in ("i2t_r1", "t2i_r1")))
-                entry["r1_drop_bound"] = getattr(cfg.export.gate, variant).max_r1_drop
-                entry["rank_difference_vs_pytorch"] = max(abs(metrics[k] - ref[k]) for k in metrics if k not in RECALL_KEYS)
-            systems.append(entry)
+        pytorch = next((s for s in systems if s.name == source), None)
+        systems += [onnx_result(str(paths.export), variant, split, bs, folds, source, pytorch,
+                                getattr(cfg.export.gate, variant).max_r1_drop)
+                    for variant in read_json(paths.export / EXPORT_MANIFEST).get("variants", {})]
     if not systems:
         raise FileNotFoundError(f"{paths.root}: nothing to evaluate yet (no teacher, students or export)")
-    results = {"split": cfg.eval.split, "folds": folds, "gallery_images": split.n_images, "systems": systems}
-    write_json(paths.eval_results, results)
+    results = EvalResults(cfg.eval.split, folds, split.n_images, split.captions_per_image, systems)
+    results.write(paths.eval_results)
     for s in systems:
-        log.info("%-22s rsum %.1f", s["name"], s["metrics"]["rsum"])
+        log.info("%-22s rsum %.1f", s.name, s.rsum)
     return results
 
 
@@ -486,5 +466,5 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
 
 def stage_report(run_dir: str | Path, command: str) -> dict[str, Any]:
     summary = write_report(run_dir, command)
-    log.info("report written to %s", Path(run_dir) / "report.md")
+    log.info("report written to %s", RunPaths(run_dir).report)
     return summary

@@ -17,19 +17,20 @@ from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.distributed import Ranks, local_device, ranks_from_env
 from core.io import sha256_json
+from core.run_layout import RunPaths, stamp, up_to_date
 from core.schema import stage_key
 from core.seeding import seed_everything
 from core.towers.frozen import Frozen, frozen_for
 from distill.guide import guide_identity, guide_targets
 from distill.lexical import LexicalLabels
-from distill.loop import fit
+from distill.loop import Recipe, RunSpec, TrainData, fit
 from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
+from distill.models import feature_dim, new_model, save_model_info, text_source
 from distill.plan import kd_source, require
 from distill.stages import frozen_shared, load_split, teacher_hash, teacher_tokens, topk_identity_for
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.variants import variant_config
-from distill.workspace import (RunPaths, feature_dim, new_model, save_model_info, stamp, text_source, up_to_date)
 from eval.evaluate import metrics_for, student_sims
 from student.encode import encode_split as student_encode
 from teacher.cache import cache_identity, open_score_cache
@@ -158,12 +159,14 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     pre, bs = student.image_tower.preprocess(), cfg.eval.batch_size
     frozen = frozen_shared(student, train, paths.features, bs, device, ranks)
     frozen_val = frozen_for(student, val, paths.features, bs, device) if ranks.is_main else (None, None)
-    evaluate = lambda m: metrics_for(student_sims(m, val, pre, bs, device, False, frozen_val), val)
-    result = fit(student, objective, train, pre, student_cfg.train, out, seed, device,
-                 lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale},
-                 context=context, memory=_memory(student_cfg, student, train, frozen, bs, device),
-                 evaluate=evaluate, desc=f"student {out.name}", frozen=frozen, ranks=ranks,
-                 identity=sha256_json(key), resume=resume)
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return metrics_for(student_sims(model, val, pre, bs, device, False, frozen_val), val)
+
+    recipe = Recipe(objective, context, _memory(student_cfg, student, train, frozen, bs, device),
+                    lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale})
+    run = RunSpec(out, seed, device, ranks, identity=sha256_json(key), resume=resume, desc=f"student {out.name}")
+    result = fit(student, recipe, TrainData(train, pre, frozen), student_cfg.train, run, evaluate)
     if ranks.is_main:
         log.info("student %s: epoch %d selected, val rsum %.1f", out.name, result.selected_epoch,
                  result.selected_metrics.get("rsum", float("nan")))

@@ -20,14 +20,16 @@ from core.data.records import CaptionSplit
 from core.devices import resolve_device
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
+from core.run_layout import ModelDir, RunPaths
 from core.towers.frozen import frozen_for
+from distill.models import load_model
 from distill.stages import load_split, stage_teacher_fit
 from distill.teacher_runs import REFERENCE, variant_run
-from distill.workspace import RunPaths, load_model
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.ensemble import fit_ensemble
 from eval.evaluate import teacher_split_metrics
 from eval.metrics import retrieval_metrics
+from eval.records import SystemResult
 from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
 
@@ -58,11 +60,11 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
             frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
             metrics, scored = teacher_split_metrics(teacher, split, teacher.image_tower.preprocess(),
                                                     cfg.eval.batch_size, device, False, frozen, cfg.eval.folds)
-            per_seed.append(metrics)
-            training = read_json(out / "training.json")
+            per_seed.append(SystemResult(f"{name}-seed{seed}", name, seed, metrics, matching=teacher.label, scored=scored))
+            training = read_json(ModelDir(out).training)
             chosen = next(h for h in training["history"] if h["epoch"] == training["selected_epoch"])
             selection.append({"epoch": training["selected_epoch"], "rsum": chosen.get("val", {}).get("rsum")})
-            log.info("teacher ablation %s seed %d: rsum %.1f", name, seed, per_seed[-1]["rsum"])
+            log.info("teacher ablation %s seed %d: rsum %.1f", name, seed, per_seed[-1].rsum)
         overrides = cfg.experiment.teacher_variants.get(name, []) or ["as configured"]
         if scored != "every pair":
             overrides = [*overrides, f"evaluated on the {scored}"]
@@ -76,10 +78,10 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
                        f"selection {train.select} on `{cfg.data.splits.val}`",
              "rows": summarise_rows(rows, reference=REFERENCE), "skipped": [], "machine": machine_info(),
              "command": command}
-    out = RunPaths(cfg.run_dir).root / "ablation"
-    write_json(out / "teachers.json", table)
-    write_text(out / "teachers.md", to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
-    log.info("teacher ablation table written to %s", out / "teachers.md")
+    out = RunPaths(cfg.run_dir).teacher_ablation
+    write_json(out, table)
+    write_text(out.with_suffix(".md"), to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
+    log.info("teacher ablation table written to %s", out.with_suffix(".md"))
     return table
 
 
@@ -103,10 +105,11 @@ def _ensemble_row(cfg: Config, name: str, seeds: list[int], split: CaptionSplit,
         chosen = fit_ensemble([variant_scores(cfg, m, seed, selection_split, device) for m in members],
                               selection_split.captions_per_image)
         sims = chosen.combine([variant_scores(cfg, m, seed, split, device) for m in members])
-        per_seed.append(retrieval_metrics(sims, split.captions_per_image, cfg.eval.folds))
-        selection.append({"weights": dict(zip(members, chosen.weights)), "rsum": chosen.selection_rsum})
+        per_seed.append(SystemResult(f"{name}-seed{seed}", name, seed,
+                                     retrieval_metrics(sims, split.captions_per_image, cfg.eval.folds)))
+        selection.append({"weights": dict(zip(members, chosen.weights, strict=True)), "rsum": chosen.selection_rsum})
         log.info("teacher ensemble %s seed %d: weights %s, rsum %.1f", name, seed, selection[-1]["weights"],
-                 per_seed[-1]["rsum"])
+                 per_seed[-1].rsum)
     weights = "; ".join(" + ".join(f"{w:.1f} {m}" for m, w in s["weights"].items()) for s in selection)
     return {"variant": name, "label": name, "terms": [f"ensemble of {', '.join(members)}",
                                                        f"weights (per seed) {weights}"],

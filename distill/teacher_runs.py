@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from core.config import Config, apply_overrides
+from core.run_layout import RunPaths
 from core.schema import build, to_dict
-from distill.workspace import RunPaths
 
 REFERENCE = "configured"
 
@@ -22,13 +22,13 @@ def variant_run(cfg: Config, name: str, seed: int) -> Config:
         return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=""))
     overrides = cfg.experiment.teacher_variants.get(name, [])
     root = RunPaths(cfg.run_dir)
-    run_dir = root.root / "teachers" / f"{name}-seed{seed}"
+    run_dir = root.teacher_variant(name, seed)
     raw = apply_overrides(to_dict(cfg), [*overrides, f"run_dir={run_dir}", f"seed={seed}"])
     raw["teacher"]["ensemble"] = ""
     variant = build(Config, raw, f"experiment.teacher_variants.{name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     root.features.mkdir(parents=True, exist_ok=True)
-    shared = run_dir / "features"
+    shared = RunPaths(run_dir).features
     if not shared.exists():
         shared.symlink_to(root.features.resolve(), target_is_directory=True)
     return variant

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,7 +21,6 @@ from distill.losses import Beyond, candidate_listnet, hinge, infonce, listnet, s
 from distill.memory import EmbeddingBank, Queued
 from distill.selfalign import concept_alignment, context_alignment
 from teacher.online import TeacherLookup
-
 
 
 @dataclass

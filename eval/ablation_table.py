@@ -7,19 +7,20 @@ from typing import Any
 import numpy as np
 
 from core.machine import describe
-
-COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+from eval.metrics import TABLE_KEYS
 
 
 def summarise_rows(rows: list[dict[str, Any]], reference: str = "baseline") -> list[dict[str, Any]]:
-    """Per row {variant, label, components, seeds, per_seed, mean, std}: std is the sample std (ddof 1),
+    """Per row {variant, label, components, seeds, per_seed (`SystemResult`s, written as their JSON form),
+    mean, std}: std is the sample std (ddof 1),
     None with one seed, where there is no spread to compare a change with (`beyond_spread` is then None).
     Each row's rsum is compared with the `reference` variant's row."""
     out = []
     for row in rows:
-        values = {k: np.array([m[k] for m in row["per_seed"]]) for k in COLUMNS}
+        values = {k: np.array([r.metrics[k] for r in row["per_seed"]]) for k in TABLE_KEYS}
         std = {k: float(v.std(ddof=1)) if len(v) > 1 else None for k, v in values.items()}
-        out.append({**row, "mean": {k: float(v.mean()) for k, v in values.items()}, "std": std})
+        out.append({**row, "per_seed": [r.to_dict() for r in row["per_seed"]],
+                    "mean": {k: float(v.mean()) for k, v in values.items()}, "std": std})
     base = next((r for r in out if r["variant"] == reference), None)
     for row in out:
         if base is not None and row is not base:
@@ -43,10 +44,10 @@ def to_markdown(table: dict[str, Any], subject: str = "Student", reference: str 
              f"({table['budget']}); mean ± std (sample) over seeds {table['seeds']}. Δ rsum is against the "
              f"{reference}; 'beyond spread' when |Δ| exceeds the larger of the two rows' std"
              + (" (one seed: no spread, so no change is called beyond it)." if len(table["seeds"]) < 2 else "."), "",
-             f"| {subject} | {'terms' if subject == 'Student' else 'settings'} | " + " | ".join(COLUMNS)
-             + " | Δ rsum |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+             f"| {subject} | {'terms' if subject == 'Student' else 'settings'} | " + " | ".join(TABLE_KEYS)
+             + " | Δ rsum |", "|---|---|" + "---|" * (len(TABLE_KEYS) + 1)]
     for row in table["rows"]:
-        cells = [_cell(row["mean"][k], row["std"][k]) for k in COLUMNS]
+        cells = [_cell(row["mean"][k], row["std"][k]) for k in TABLE_KEYS]
         vs = row.get("rsum_vs_contrastive")
         delta = "-" if vs is None else f"{vs['delta']:+.1f}" + (" (beyond spread)" if vs["beyond_spread"] else "")
         lines.append(f"| {row['label']} | {', '.join(row['terms'])} | " + " | ".join(cells) + f" | {delta} |")

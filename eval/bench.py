@@ -25,6 +25,7 @@ from core.timing import time_calls
 from eval.evaluate import onnx_gallery
 from eval.matrix import run_matrix
 from eval.scaling import cost_model, ratios, scaling_unavailable, student_points, teacher_points
+from export.runtime import MANIFEST
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
@@ -130,7 +131,7 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
                             student_weight)
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
-    variants = read_json(Path(export_dir) / "manifest.json")["variants"]
+    variants = read_json(Path(export_dir) / MANIFEST)["variants"]
     for provider in providers:  # each variant where it is meant to run (int8 on the CPU, fp16 on CUDA)
         rows += [row for name, v in variants.items() if provider in v["providers"]
                  for row in _onnx_rows(Path(export_dir), split, queries, cfg, provider, name)]
@@ -152,9 +153,9 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
 def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split: CaptionSplit, queries: list[str],
              teacher_pre: ImagePreprocess | None, cfg: BenchConfig) -> dict[str, Any]:
     """Per-query latency against gallery size: the split's real gallery features, tiled to each size."""
-    from export.runtime import OnnxStudent
-
     import onnxruntime as ort
+
+    from export.runtime import OnnxStudent
 
     runtime = OnnxStudent(export_dir, "fp32", providers="cpu", threads=cfg.threads)
     gpu_runtime = None

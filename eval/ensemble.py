@@ -25,7 +25,7 @@ class Ensemble:
 
     @property
     def terms(self) -> list[Standardised]:
-        return [Standardised(w, m, s) for w, m, s in zip(self.weights, self.means, self.stds)]
+        return [Standardised(w, m, s) for w, m, s in zip(self.weights, self.means, self.stds, strict=True)]
 
     def combine(self, member_sims: list[np.ndarray]) -> np.ndarray:
         """(n_img, n_cap) ensemble scores from each member's scores of the same pairs."""

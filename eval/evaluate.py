@@ -8,9 +8,9 @@ from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
 from core.towers.frozen import NOT_FROZEN, Frozen
 from eval.metrics import retrieval_metrics
+from eval.rerank import rerank_metrics
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
-from eval.rerank import rerank_metrics
 from teacher.model import ScanTeacher
 from teacher.scoring import Side, Teacher, candidate_scorer, global_sims, score_all
 from teacher.scoring import encode_split as teacher_encode

@@ -10,6 +10,7 @@ per caption counted by torch, so a reader sees what fraction of the hardware a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import resource
 import time
 import warnings
@@ -22,6 +23,7 @@ import torch
 
 from core.config import BenchConfig
 from core.timing import time_calls
+from export.runtime import MANIFEST
 from student.model import DualEncoder
 
 Encode = Callable[[np.ndarray, np.ndarray], Any]
@@ -72,7 +74,6 @@ TORCH_KINDS: dict[str, dict[str, Any]] = {
 }
 ORT_KINDS = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider",
              "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
-BACKEND_KINDS = (*TORCH_KINDS, *ORT_KINDS)
 
 
 def backends(student: DualEncoder, export_dir: Path, cfg: BenchConfig) -> tuple[list[Backend], list[dict[str, str]]]:
@@ -81,7 +82,7 @@ def backends(student: DualEncoder, export_dir: Path, cfg: BenchConfig) -> tuple[
 
     from core.io import read_json
 
-    variants = read_json(export_dir / "manifest.json")["variants"]
+    variants = read_json(export_dir / MANIFEST)["variants"]
     cuda = cfg.cuda and torch.cuda.is_available()
     no_cuda = "no CUDA device" if cfg.cuda else "bench.cuda is false"
     available, missing = [], []
@@ -137,6 +138,11 @@ def matmul_rate(device: str, dtype: torch.dtype) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
+def _ignore_index(encode: Callable[[np.ndarray, np.ndarray], Any], ids: np.ndarray, mask: np.ndarray, i: int) -> Any:
+    """One timed call: every repeat encodes the same batch."""
+    return encode(ids, mask)
+
+
 def _memory() -> dict[str, float]:
     out = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if torch.cuda.is_available():
@@ -174,7 +180,7 @@ def run_matrix(student: DualEncoder, export_dir: str | Path, cfg: BenchConfig) -
                 mask = np.ones_like(ids)
                 if backend.device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                stats = time_calls(lambda i: encode(ids, mask), max(1, cfg.warmup), cfg.repeats, backend.sync,
+                stats = time_calls(functools.partial(_ignore_index, encode, ids, mask), max(1, cfg.warmup), cfg.repeats, backend.sync,
                                    cfg.matrix_budget_s)
                 row = {"backend": backend.name, "device": backend.device, "batch": batch, "length": length,
                        "load_ms": load_ms, **stats, "throughput_per_s": batch * 1000 / stats["mean_ms"]}

@@ -8,11 +8,13 @@ import numpy as np
 
 from core.io import read_json, write_json, write_text
 from core.machine import describe
+from core.run_layout import RunPaths
 from eval.ablation_table import to_markdown as ablation_markdown
 from eval.bench_tables import scaling_markdown
 from eval.figures import accuracy_vs_latency, latency_vs_gallery
+from eval.metrics import TABLE_KEYS
+from eval.records import EvalResults, SystemResult
 
-METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
 
 
@@ -30,40 +32,37 @@ def _latency(bench: dict, system: str, backend: str, device: str = "cpu", varian
                  and r["backend"] == backend and r["device"] == device and r.get("variant") == variant), None)
 
 
-def _label(group: str, entries: list[dict]) -> str:
-    losses = entries[0].get("losses", [])
+def _label(group: str, first: SystemResult) -> str:
     if group == "teacher":
-        matching = entries[0].get("matching", "SCAN")
-        return f"Teacher: {matching}" if matching.startswith("ensemble") else f"Teacher: {matching} cross attention"
+        return f"Teacher: {first.matching or 'SCAN cross attention'}"
     if group.startswith("rerank-"):
-        weight = entries[0].get("student_weight", 0.0)
-        fused = f" (+ {weight:g} x student score)" if weight else ""
-        return f"Re-ranking: student top-{entries[0]['k']} ({entries[0]['source']}), teacher re-ranks{fused}"
+        fused = f" (+ {first.student_weight:g} x student score)" if first.student_weight else ""
+        return f"Re-ranking: student top-{first.k} ({first.source}), teacher re-ranks{fused}"
     if group.startswith("onnx-"):
-        return f"ONNX student {entries[0]['variant']} ({entries[0].get('source', 'student')}, onnxruntime)"
+        return f"ONNX student {first.variant} ({first.source or 'student'}, onnxruntime)"
     name = "Student, no distillation" if group == "baseline" else "Student, distilled"
-    return f"{name} ({' + '.join(losses)})" if losses else name
+    return f"{name} ({' + '.join(first.losses)})" if first.losses else name
 
 
-def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
+def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
     """Group evaluated systems, average over seeds, attach latency and speed-up over the teacher."""
-    groups: dict[str, list[dict]] = {}
-    for entry in results["systems"]:
-        groups.setdefault(entry["group"], []).append(entry)
+    groups: dict[str, list[SystemResult]] = {}
+    for entry in results.systems:
+        groups.setdefault(entry.group, []).append(entry)
     bench = bench or {}
     teacher_row = _latency(bench, "teacher", "pytorch")
     rows = []
     for group in sorted(groups, key=_order):
         entries = groups[group]
-        values = {k: [e["metrics"][k] for e in entries] for k in entries[0]["metrics"]}
+        values = {k: [e.metrics[k] for e in entries] for k in entries[0].metrics}
         onnx = group.startswith("onnx-")
         backend = "onnxruntime" if onnx else "pytorch"
         system = group if group == "teacher" or group.startswith("rerank-") else "student"
-        latency = _latency(bench, system, backend, variant=entries[0]["variant"] if onnx else None)
+        latency = _latency(bench, system, backend, variant=entries[0].variant)
         row = {
             "group": group,
-            "label": _label(group, entries),
-            "seeds": [e.get("seed") for e in entries],
+            "label": _label(group, entries[0]),
+            "seeds": [e.seed for e in entries],
             "mean": {k: float(np.mean(v)) for k, v in values.items()},
             "std": {k: float(np.std(v)) for k, v in values.items()},
             "latency_p50_ms": latency["p50_ms"] if latency else None,
@@ -81,12 +80,11 @@ def summarise(results: dict, bench: dict | None) -> dict[str, Any]:
             checks["distilled_rsum_above_baseline"] = by_group["distilled"]["mean"]["rsum"] > base
     checks.update(_rerank_checks(by_group, bench))
     for group, entries in groups.items():
-        entry = entries[0]
-        if not group.startswith("onnx-") or "recall_difference_vs_pytorch" not in entry:
-            continue
-        # the gate's own criterion; R@5/R@10 of an exact fp32 export can still move by one near-tied query
-        checks[f"{group}_r1_drop_within_{entry['r1_drop_bound']:g}"] = entry["r1_drop_vs_pytorch"] <= entry["r1_drop_bound"]
-    return {"split": results["split"], "folds": results.get("folds", 1), "gallery_images": results.get("gallery_images"),
+        parity = entries[0].parity
+        if parity is not None:
+            checks[f"{group}_r1_drop_within_{parity.r1_drop_bound:g}"] = parity.within_bound
+    return {"split": results.split, "folds": results.folds, "gallery_images": results.gallery_images,
+            "captions_per_image": results.captions_per_image,
             "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
             [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
             "scaling": bench.get("scaling"), "matrix": bench.get("matrix")}
@@ -149,7 +147,7 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
     lines = [
         "# itr-distill report",
         "",
-        f"Split: `{summary['split']}` ({summary['gallery_images']} images, 5 captions each), "
+        f"Split: `{summary['split']}` ({summary['gallery_images']} images, {summary['captions_per_image']} captions each), "
         f"{'COCO 1K 5-fold' if summary['folds'] == 5 else 'all pairs'}. Students: mean ± std over seeds.",
         "Latency: one text query against the whole split's gallery (features precomputed), p50. ONNX variants are "
         "evaluated with the CPU provider; each is timed only on the providers it is built for (fp16: CUDA).",
@@ -161,7 +159,7 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
         seeds = ",".join(str(s) for s in row["seeds"] if s is not None) or "-"
         latency = f"{row['latency_p50_ms']:.2f} ({row['latency_backend']})" if row["latency_p50_ms"] is not None else "-"
         speed = f"{row['speedup_vs_teacher']:.1f}x" if row["speedup_vs_teacher"] is not None else "-"
-        lines.append(f"| {row['label']} | {seeds} | " + " | ".join(_fmt(row, k) for k in METRIC_COLUMNS)
+        lines.append(f"| {row['label']} | {seeds} | " + " | ".join(_fmt(row, k) for k in TABLE_KEYS)
                      + f" | {latency} | {speed} |")
     if summary["caption_encoding"]:
         lines += ["", "Batch-1 caption encoding (student):", "",
@@ -186,24 +184,23 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
 
 
 def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
-    """Read `eval/results.json` and `bench/latency.json` of a run; write `report.json` and `report.md`."""
-    run_dir = Path(run_dir)
-    results = read_json(run_dir / "eval" / "results.json")
-    bench_path = run_dir / "bench" / "latency.json"
-    bench = read_json(bench_path) if bench_path.exists() else None
+    """Read a run's evaluation results and latency file; write `report.json` and `report.md`."""
+    paths = RunPaths(run_dir)
+    results = EvalResults.read(paths.eval_results)
+    bench = read_json(paths.bench) if paths.bench.exists() else None
     summary = summarise(results, bench)
     summary["command"] = command
-    ablation_path = run_dir / "ablation" / "ablation.json"
-    if ablation_path.exists():  # written by `itr-distill ablate`
-        summary["ablation"] = read_json(ablation_path)
-    (run_dir / "figures").mkdir(exist_ok=True)
+    if paths.student_ablation.exists():  # written by `itr-distill ablate`
+        summary["ablation"] = read_json(paths.student_ablation)
+    paths.figures.mkdir(exist_ok=True)
     figures = {}
-    if accuracy_vs_latency(summary, run_dir / "figures" / "accuracy_vs_latency.png"):
-        figures["accuracy"] = "figures/accuracy_vs_latency.png"
+    accuracy, gallery = paths.figures / "accuracy_vs_latency.png", paths.figures / "latency_vs_gallery.png"
+    if accuracy_vs_latency(summary, accuracy):
+        figures["accuracy"] = accuracy.relative_to(paths.root).as_posix()
     if summary.get("scaling"):
-        latency_vs_gallery(summary["scaling"], summary["machine"], run_dir / "figures" / "latency_vs_gallery.png")
-        figures["gallery"] = "figures/latency_vs_gallery.png"
+        latency_vs_gallery(summary["scaling"], summary["machine"], gallery)
+        figures["gallery"] = gallery.relative_to(paths.root).as_posix()
     summary["figures"] = figures
-    write_json(run_dir / "report.json", summary)
-    write_text(run_dir / "report.md", to_markdown(summary, command, figures))
+    write_json(paths.report_data, summary)
+    write_text(paths.report, to_markdown(summary, command, figures))
     return summary

@@ -39,36 +39,44 @@ def student_points(runtime, gallery: np.ndarray, queries: list[str], cfg: BenchC
                    gpu_runtime=None) -> list[dict[str, Any]]:
     """Student per-query latency: ONNX caption encoding + exact search (NumPy, FAISS when installed, torch on
     CUDA, where the caption is encoded by `gpu_runtime` if given)."""
-    from export.index import faiss_available
-
     rows = []
     for n in cfg.gallery_sizes:
         emb = np.ascontiguousarray(gallery[_tile(n, len(gallery))], dtype=np.float32)
-        encode = lambda i: runtime.encode_text([queries[i % len(queries)]])[0]
-        rows.append({"system": "student", "method": "exact-numpy", "gallery": n, "measured": True,
-                     "gallery_bytes": emb.nbytes,
-                     **_time(lambda i: _top_k(emb @ encode(i), min(TOP_K, n)), cfg)})
-        if faiss_available():
-            import faiss
-
-            index = faiss.IndexFlatIP(emb.shape[1])
-            index.add(emb)
-            rows.append({"system": "student", "method": "faiss-flat", "gallery": n, "measured": True,
-                         "gallery_bytes": emb.nbytes,
-                         **_time(lambda i: index.search(encode(i)[None], min(TOP_K, n)), cfg)})
-        if cfg.cuda and torch.cuda.is_available():
-            on_gpu = torch.from_numpy(emb).cuda()
-            encode_gpu = lambda i: (gpu_runtime or runtime).encode_text([queries[i % len(queries)]])[0]
-            search = lambda i: (on_gpu @ torch.from_numpy(encode_gpu(i)).cuda()).topk(min(TOP_K, n)).indices.cpu()
-            rows.append({"system": "student", "method": "exact-torch-cuda", "gallery": n, "measured": True,
-                         "gallery_bytes": emb.nbytes,
-                         **_time(search, cfg, torch.cuda.synchronize)})
+        rows += [{"system": "student", "method": method, "gallery": n, "measured": True, "gallery_bytes": emb.nbytes,
+                  **_time(search, cfg, sync)}
+                 for method, search, sync in _student_searches(runtime, gpu_runtime, emb, queries, min(TOP_K, n), cfg)]
     return rows
+
+
+def _student_searches(runtime, gpu_runtime, emb: np.ndarray, queries: list[str], k: int,
+                      cfg: BenchConfig) -> list[tuple[str, Callable[[int], Any], Callable[[], None] | None]]:
+    """(method, query i -> top-k, sync) of each search this machine offers over the gallery `emb`."""
+    from export.runtime import faiss_available
+
+    def encode(i: int) -> np.ndarray:
+        return runtime.encode_text([queries[i % len(queries)]])[0]
+
+    searches = [("exact-numpy", lambda i: _top_k(emb @ encode(i), k), None)]
+    if faiss_available():
+        import faiss
+
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        searches.append(("faiss-flat", lambda i: index.search(encode(i)[None], k), None))
+    if cfg.cuda and torch.cuda.is_available():
+        on_gpu = torch.from_numpy(emb).cuda()
+
+        def search_gpu(i: int) -> torch.Tensor:
+            caption = (gpu_runtime or runtime).encode_text([queries[i % len(queries)]])[0]
+            return (on_gpu @ torch.from_numpy(caption).cuda()).topk(k).indices.cpu()
+
+        searches.append(("exact-torch-cuda", search_gpu, torch.cuda.synchronize))
+    return searches
 
 
 def scaling_unavailable(cfg: BenchConfig) -> list[dict[str, str]]:
     """The search methods `student_points` could not measure here, with the reason."""
-    from export.index import faiss_available
+    from export.runtime import faiss_available
 
     out = [] if faiss_available() else [{"method": "faiss-flat", "reason": "faiss is not installed"}]
     if not (cfg.cuda and torch.cuda.is_available()):
@@ -109,14 +117,21 @@ def teacher_points(teacher: ScanTeacher, gallery: EncodedSide, queries: list[str
         idx = torch.from_numpy(_tile(n, gallery.tokens.shape[0]))
         side = EncodedSide(gallery.tokens[idx].to(device), gallery.mask[idx].to(device),
                            None if gallery.pooled is None else gallery.pooled[idx].to(device))
-
-        def query(i: int) -> torch.Tensor:
-            tokens = teacher.tokenize([queries[i % len(queries)]])
-            caption = teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-            return teacher.score(side, caption).squeeze(1).topk(min(TOP_K, n)).indices.cpu()
         rows.append({"system": "teacher", "method": f"scan-pytorch-{device.type}", "gallery": n, "measured": True,
-                     "gallery_bytes": need, **_time(query, cfg, sync)})
+                     "gallery_bytes": need, **_time(_teacher_query(teacher, side, queries, min(TOP_K, n), device),
+                                                    cfg, sync)})
     return rows
+
+
+def _teacher_query(teacher: ScanTeacher, side: EncodedSide, queries: list[str], k: int,
+                   device: torch.device) -> Callable[[int], torch.Tensor]:
+    """Query i -> the teacher's top-k images of `side`, caption encoding included."""
+    def query(i: int) -> torch.Tensor:
+        tokens = teacher.tokenize([queries[i % len(queries)]])
+        caption = teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        return teacher.score(side, caption).squeeze(1).topk(k).indices.cpu()
+
+    return query
 
 
 def cost_model(rows: list[dict[str, Any]], usable_ms: float) -> list[dict[str, Any]]:

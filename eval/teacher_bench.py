@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.config import ImramConfig, ScanConfig
 from core.io import write_json, write_text
 from core.machine import describe, machine_info
 from core.timing import time_calls
-from core.config import ImramConfig, ScanConfig
 from teacher.attention import scan_similarity
 from teacher.matching import Matcher
 from teacher.reference import scan_similarity_loop

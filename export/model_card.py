@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 PROVIDER_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
 
 

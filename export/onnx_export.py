@@ -28,7 +28,7 @@ from core.machine import machine_info
 from core.timing import time_calls
 from export.gate import ExportParityError, GateData, Retrieval, check_variant, encode_gate_images, pytorch_reference
 from export.model_card import model_card
-from export.runtime import OnnxStudent
+from export.runtime import MANIFEST, OnnxStudent
 from export.text_model import DIRNAME, save_text_model
 from export.variants import VARIANTS, build_variant
 from student.model import DualEncoder
@@ -134,7 +134,7 @@ def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig,
             files = build_variant(name, tmp)
             manifest["variants"][name] = {"files": files, "precision": spec.precision, "providers": list(spec.providers),
                                           "bytes": sum((tmp / f).stat().st_size for f in files.values())}
-        write_json(tmp / "manifest.json", manifest)  # the runtime reads it to load each variant for its gate
+        write_json(tmp / MANIFEST, manifest)  # the runtime reads it to load each variant for its gate
         reference = pytorch_reference(student, data, cfg.parity_batch_sizes)
         failed = []
         for name, entry in manifest["variants"].items():
@@ -153,6 +153,6 @@ def export_student(student: DualEncoder, out_dir: str | Path, cfg: ExportConfig,
         manifest["measured_on"] = machine_info()
         if student.plain_text_side:
             save_text_model(student, tmp / DIRNAME)
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST, manifest)
         write_text(tmp / "README.md", model_card(manifest))
     return manifest

@@ -24,7 +24,7 @@ def _dense_layers(projection: nn.Module) -> list[nn.Module]:
     activations = [nn.GELU() if isinstance(projection, nn.Sequential) else nn.Identity()] * (len(linears) - 1) + [nn.Identity()]
     return [Dense(lin.in_features, lin.out_features, bias=lin.bias is not None, activation_function=act,
                   init_weight=lin.weight.detach().clone(), init_bias=None if lin.bias is None else lin.bias.detach().clone())
-            for lin, act in zip(linears, activations)]
+            for lin, act in zip(linears, activations, strict=True)]
 
 
 def save_text_model(student: DualEncoder, path: str | Path) -> Path:

@@ -69,19 +69,27 @@ class EnsembleTeacher(nn.Module):
 
     eval_top_k = 0
 
-    def __init__(self, members: Sequence[ScanTeacher], terms: Sequence[Standardised], label: str):
+    def __init__(self, members: Sequence[ScanTeacher], terms: Sequence[Standardised], name: str = "ensemble",
+                 member_names: Sequence[str] = ()):
         super().__init__()
         if len(members) != len(terms) or not members:
             raise ValueError(f"an ensemble needs one weight per member, got {len(members)} members, {len(terms)} weights")
-        self.members, self.terms, self.label = nn.ModuleList(members), list(terms), label
+        self.members, self.terms = nn.ModuleList(members), list(terms)
+        self.name, self.member_names = name, list(member_names) or [m.label for m in members]
+
+    @property
+    def label(self) -> str:
+        """Its members and weights, as reports name it; the latency benchmark times the configured teacher only."""
+        parts = " + ".join(f"{t.weight:.1f} x {n}" for n, t in zip(self.member_names, self.terms, strict=True))
+        return f"ensemble {self.name}: {parts} (latency: the configured teacher alone)"
 
     def score(self, images: EnsembleSide, captions: EnsembleSide) -> torch.Tensor:
         """(n_img, n_cap) ensemble scores of every image with every caption."""
-        return combine([m.score(i, c).float() for m, i, c in zip(self.members, images.members, captions.members)],
+        return combine([m.score(i, c).float() for m, i, c in zip(self.members, images.members, captions.members, strict=True)],
                        self.terms)
 
     def score_candidates(self, images: EnsembleSide, captions: EnsembleSide, query: str, queries: torch.Tensor,
                          candidates: torch.Tensor) -> torch.Tensor:
         """(Q, K) ensemble scores of each query with its K candidates (`ScanTeacher.score_candidates`)."""
         return combine([m.score_candidates(i, c, query, queries, candidates).float()
-                        for m, i, c in zip(self.members, images.members, captions.members)], self.terms)
+                        for m, i, c in zip(self.members, images.members, captions.members, strict=True)], self.terms)

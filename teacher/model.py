@@ -67,6 +67,15 @@ class ScanTeacher(TwoTowerModel):
         self.matcher = Matcher(cfg.matching, cfg.scan, cfg.imram, cfg.embed_dim, cfg.cross)
 
     @property
+    def label(self) -> str:
+        """What scores its pairs, as reports name it."""
+        if self.cfg.matching == "imram":
+            return f"IMRAM cross attention, {self.cfg.imram.side} side, {self.cfg.imram.steps} steps"
+        if self.cfg.matching == "cross":
+            return f"cross-encoder, {self.cfg.cross.layers} layer(s)"
+        return f"SCAN {self.cfg.scan.direction} cross attention"
+
+    @property
     def eval_top_k(self) -> int:
         """Candidates per query that evaluation re-ranks by the full score (0: it scores every pair):
         a cross-encoder's forward per pair does not fit every pair."""

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from core.distributed import Ranks, gather_rows
+from core.precision import autocast
 from teacher.ensemble import EnsembleTeacher
 from teacher.model import ScanTeacher
-from teacher.scoring import precision_context
 from teacher.tokens import TokenStore
 
 TeacherLookup = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (image ids, caption ids) -> (I, C) scores
@@ -48,7 +48,7 @@ class OnlineTeacher:
         world, rank = self.ranks.world, self.ranks.rank
         share = -(-len(image_ids) // world)
         mine = image_ids[rank * share:(rank + 1) * share]
-        with precision_context(self.store.images.device, self.bf16):
+        with autocast(self.store.images.device, self.bf16):
             scores = (self.teacher.score(self.store.images[mine], self.store.captions[caption_ids]).float()
                       if len(mine) else torch.empty(0, len(caption_ids), device=self.store.images.device))
         if world == 1:

@@ -1,13 +1,12 @@
 """Scoring a split with the teacher: every image-caption pair, or each query's candidates."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
+from core.precision import autocast
 from core.progress import progress as bar
 from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
 from teacher.ensemble import EnsembleSide, EnsembleTeacher
@@ -41,17 +40,6 @@ def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePre
     return _pad_cat(images), _pad_cat(captions)
 
 
-def precision(device: torch.device, bf16: bool) -> str:
-    """The arithmetic teacher scores are made with: bf16 autocast on a GPU when asked, else float32."""
-    return "bf16-autocast" if bf16 and device.type == "cuda" else "float32"
-
-
-def precision_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    if precision(device, bf16) == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-
-
 def block_rows(images: Side, captions: Side, block_gib: float) -> tuple[int, int]:
     """(images, captions) per scoring block: each side's tokens take half of `block_gib`."""
     half = block_gib * 2**30 / 2
@@ -71,7 +59,7 @@ def score_all(teacher: Teacher, images: Side, captions: Side,
     out = np.empty((n_img, n_cap), dtype=np.float32) if out is None else out
     img_rows, cap_rows = block_rows(images, captions, block_gib)
     blocks = [(c, i) for c in range(0, n_cap, cap_rows) for i in range(0, n_img, img_rows)]
-    with precision_context(images.device, bf16):
+    with autocast(images.device, bf16):
         caption_block, held = None, -1
         for c, i in bar(blocks, "teacher scoring", progress):
             if c != held:
@@ -106,7 +94,7 @@ def candidate_scorer(teacher: Teacher, images: Side, captions: Side,
         query = {"t2i": "text", "i2t": "image"}[direction]
         step = max(1, max_elements // (per_candidate * max(1, candidates.shape[1])))
         out = []
-        with precision_context(device, bf16):
+        with autocast(device, bf16):
             for s in range(0, len(queries), step):
                 q = torch.as_tensor(queries[s:s + step], device=device)
                 c = torch.as_tensor(np.array(candidates[s:s + step]), device=device)

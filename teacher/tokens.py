@@ -100,7 +100,7 @@ def open_token_store(directory: str | Path, expected: dict[str, Any], device: to
         raise ScoreCacheMismatch(f"{directory}: teacher token store does not match this run; it is rebuilt by "
                                  "`itr-distill teacher tokens`.\n  " + "\n  ".join(diffs))
     sides = []
-    for side, rows in zip(SIDES, expected["shape"]):
+    for side, rows in zip(SIDES, expected["shape"], strict=True):
         tokens, mask = read_npy(directory / f"{side}_tokens.npy"), read_npy(directory / f"{side}_mask.npy")
         pooled = read_npy(directory / f"{side}_pooled.npy") if (directory / f"{side}_pooled.npy").is_file() else None
         if len(tokens) != rows or mask.shape != tokens.shape[:2]:

@@ -62,6 +62,16 @@ def run_stage_chain(cfg: dict, config: Path) -> Path:
     return config
 
 
+def assert_layout_names(run: Path) -> None:
+    """Every file a run wrote is one that `core.run_layout` names (no stage spells its own path)."""
+    from core.run_layout import describe
+
+    files = [p.relative_to(run) for p in run.rglob("*") if p.is_file() or (p.is_symlink() and not p.is_dir())]
+    assert files, run
+    unnamed = [str(f) for f in files if describe(f) is None]
+    assert not unnamed, f"files the run layout does not name: {unnamed}"
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     from core.data.synthetic import generate
@@ -94,7 +104,7 @@ def build_tiny(kind: str, text_model_dir: Path, feature_dim: int | None = None, 
 
     from core.config import StudentConfig, TeacherConfig
     from core.schema import build
-    from distill.workspace import new_model
+    from distill.models import new_model
 
     cfg = build(TeacherConfig if kind == "teacher" else StudentConfig, {**TINY_TOWERS, **overrides})
     torch.manual_seed(0)

@@ -86,7 +86,7 @@ def read_karpathy(
     entry_splits = [e.get("split") if isinstance(e, dict) and isinstance(e.get("split"), str) else None
                     for e in data["images"]]
     seen_splits = {s for s in entry_splits if s is not None}
-    for i, (entry, split, take) in enumerate(zip(data["images"], entry_splits, selected(entry_splits, split_names))):
+    for i, (entry, split, take) in enumerate(zip(data["images"], entry_splits, selected(entry_splits, split_names), strict=True)):
         if split is not None and not take:
             continue
         if limit is not None and len(parsed) + len(bad) >= limit:

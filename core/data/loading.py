@@ -1,8 +1,8 @@
 """Torch datasets over a `CaptionSplit`: caption-level training pairs, galleries of images or captions."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -125,7 +125,7 @@ def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokeniz
     """
 
     def collate(items: list[tuple[torch.Tensor, str, int, int]]) -> Batch:
-        images, texts, img_idx, cap_idx = zip(*items)
+        images, texts, img_idx, cap_idx = zip(*items, strict=True)
         pixels, mask = _stack_images(list(images))
         tokens = tokenize(list(texts))
         return Batch(pixels, mask, tokens["input_ids"], tokens["attention_mask"],
@@ -173,7 +173,7 @@ def image_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, batch_
     """The images of a split (`rows` of them, default all), in order."""
 
     def collate(items: list[tuple[torch.Tensor, int]]) -> Batch:
-        images, idx = zip(*items)
+        images, idx = zip(*items, strict=True)
         pixels, mask = _stack_images(list(images))
         return Batch(images=pixels, image_mask=mask, image_index=torch.tensor(idx))
 

@@ -65,7 +65,7 @@ class ConcatenatedRows:
         forward = wanted.step > 0
         ascending = wanted if forward else wanted[::-1]
         pieces = []
-        for part, start in zip(self.parts, self._starts.tolist()):
+        for part, start in zip(self.parts, self._starts[:-1].tolist(), strict=True):
             ids = ascending[bisect_left(ascending, start):bisect_left(ascending, start + len(part))]
             if ids:
                 piece = part[ids.start - start:ids.stop - start:ids.step]

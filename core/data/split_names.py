@@ -43,4 +43,4 @@ def selected(entry_splits: Sequence[str | None], names: Sequence[str]) -> list[b
         else:
             taken.setdefault(name.split, set()).update(range(counts.get(name.split, 0))[name.rows])
     return [split in taken and (taken[split] is None or pos in taken[split])
-            for split, pos in zip(entry_splits, positions)]
+            for split, pos in zip(entry_splits, positions, strict=True)]

@@ -43,6 +43,7 @@ RELATION_WORDS: dict[str, tuple[str, ...]] = {
 INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 GRID = 3  # objects sit in distinct cells of a GRID x GRID layout
 JSON_NAME = "dataset_synthetic.json"
+IMAGE_DIR = "images"  # beside the JSON, the Karpathy image root
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _random_scene(rng: np.random.Generator, n_objects: int) -> list[SceneObject]
     cells = rng.choice(GRID * GRID, size=n_objects, replace=False)
     return [
         SceneObject(str(s), str(c), str(z), (int(k) // GRID, int(k) % GRID))
-        for s, c, z, k in zip(shapes, colours, sizes, cells)
+        for s, c, z, k in zip(shapes, colours, sizes, cells, strict=True)
     ]
 
 
@@ -83,7 +84,7 @@ def _variant(rng: np.random.Generator, scene: list[SceneObject]) -> list[SceneOb
     attribute = ("colour", "size", "cell")[int(rng.integers(3))]
     values = [getattr(o, attribute) for o in scene]
     perm = rng.permutation(len(scene))
-    return [replace(o, **{attribute: values[p]}) for o, p in zip(scene, perm)]
+    return [replace(o, **{attribute: values[p]}) for o, p in zip(scene, perm, strict=True)]
 
 
 def make_family(rng: np.random.Generator, size: int, min_objects: int, max_objects: int) -> list[list[SceneObject]]:
@@ -179,14 +180,14 @@ def generate(
     out_dir = Path(out_dir)
     entries = []
     with atomic_dir(out_dir) as tmp:
-        (tmp / "images").mkdir()
+        (tmp / IMAGE_DIR).mkdir()
         for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
             scenes: list[list[SceneObject]] = []
             while len(scenes) < count:
                 scenes.extend(make_family(rng, family_size, min_objects, max_objects))
             for index, scene in enumerate(scenes[:count]):
                 filename = f"{split}_{index:05d}.png"
-                render(scene, image_size, rng).save(tmp / "images" / filename)
+                render(scene, image_size, rng).save(tmp / IMAGE_DIR / filename)
                 captions = captions_for(rng, scene)
                 entries.append(
                     {

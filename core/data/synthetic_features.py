@@ -133,7 +133,7 @@ def generate_features(root: str | Path, n_train: int, n_val: int, n_test: int, r
     root = Path(root)
     dirs = concept_directions(seed, dim)
     summary: dict = {"root": str(root), "seed": seed, "regions": regions, "dim": dim, "splits": {}}
-    for s, (split, count) in enumerate(zip(SPLITS, (n_train, n_val, n_test))):
+    for s, (split, count) in enumerate(zip(SPLITS, (n_train, n_val, n_test), strict=True)):
         captions: list[str] = []
         ims_path = root / f"{split}_ims.npy"
         with atomic_path(ims_path) as tmp:

@@ -91,7 +91,9 @@ def _compute(outputs: Iterable[TokenOutput], n: int, directory: Path, key: dict)
 
 
 def _open(directory: Path) -> FrozenOutputs:
-    load = lambda name: read_npy(directory / name)
+    def load(name: str) -> np.ndarray:
+        return read_npy(directory / name)
+
     return FrozenOutputs(load("tokens.npy"), load("mask.npy"), load("pooled.npy"))
 
 

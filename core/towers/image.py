@@ -52,10 +52,10 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
             f"{path}: {len(source)} tensors with other names than the model's {len(target)}; "
             "cannot map them onto the model"
         )
-    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items(), strict=True):
         if sv.shape != tv.shape:
             raise ValueError(f"{path}: tensor '{sk}' {tuple(sv.shape)} does not fit '{tk}' {tuple(tv.shape)}")
-    model.load_state_dict(dict(zip(target, source.values())))
+    model.load_state_dict(dict(zip(target, source.values(), strict=True)))
 
 
 def backbone_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:

@@ -20,7 +20,7 @@ def test_cached_outputs_equal_the_tower(text_model_dir, splits, tmp_path):
     assert frozen[0] is not None and frozen[1] is not None
     direct = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False)
     cached = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False, frozen)
-    for a, b in zip(direct, cached):
+    for a, b in zip(direct, cached, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)  # float16 storage
     idx = torch.tensor([3, 0])
     out = frozen[1].take(idx)
@@ -70,7 +70,7 @@ def test_cut_towers_cache_their_trunk_and_run_their_top(text_model_dir, splits, 
     assert frozen_for(model, split, tmp_path, 5, CPU)[0].tokens.filename == frozen[0].tokens.filename
     direct = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False)
     cached = encode_split(model, split, model.image_tower.preprocess(), 5, CPU, False, frozen)
-    for a, b in zip(direct, cached):
+    for a, b in zip(direct, cached, strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)  # float16 storage
     whole = frozen_for(frozen_student(text_model_dir), split, tmp_path, 5, CPU)
     assert whole[0].tokens.filename != frozen[0].tokens.filename  # the cut point is part of the key

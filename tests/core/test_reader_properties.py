@@ -65,7 +65,8 @@ def test_karpathy_keeps_exactly_the_good_entries_of_the_requested_splits(pool, d
     chosen = [(i, e, problem, kept) for i, (e, problem, kept) in enumerate(entries) if e["split"] in wanted]
     bad = [i for i, _, problem, _ in chosen if problem]
     good = [(e["filename"], kept) for _, e, problem, kept in chosen if not problem]
-    read = lambda: read_karpathy(path, pool / "images", sorted(wanted), "x", k, skip_bad=skip_bad)
+    def read():
+        return read_karpathy(path, pool / "images", sorted(wanted), "x", k, skip_bad=skip_bad)
     if not chosen:
         with pytest.raises(ValueError, match="no images in split"):
             read()

@@ -47,7 +47,7 @@ def test_a_slice_inside_one_part_is_that_part_s_view(arrays):
     assert isinstance(inside, np.ndarray) and np.shares_memory(inside, view.parts[2])
     spanning = view[1:6]
     assert isinstance(spanning, ConcatenatedRows) and len(spanning.parts) == 3
-    assert all(np.shares_memory(a, b) for a, b in zip(spanning.parts, view.parts))
+    assert all(np.shares_memory(a, b) for a, b in zip(spanning.parts, view.parts, strict=True))
 
 
 def test_int_arrays_in_any_order_with_duplicates(arrays):

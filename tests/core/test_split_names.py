@@ -19,7 +19,7 @@ def test_slices_take_positions_within_their_split():
     assert selected(entries, ["train[-1:]", "val"]) == [False, True, False, False, True, True]
     assert selected(entries, ["train[:1]", "train"]) == [True, False, True, True, False, True]  # whole wins
     head, tail = selected(entries, ["train[:-2]"]), selected(entries, ["train[-2:]"])
-    assert not any(a and b for a, b in zip(head, tail)) and sum(head) + sum(tail) == 4
+    assert not any(a and b for a, b in zip(head, tail, strict=True)) and sum(head) + sum(tail) == 4
 
 
 def test_bad_names_fail_config_validation(tmp_path):

@@ -3,8 +3,18 @@ import json
 
 import numpy as np
 
-from core.data.synthetic import (COLOURS, JSON_NAME, RELATION_WORDS, SHAPE_WORDS, SIZE_WORDS, SceneObject, captions_for,
-                                 generate, make_family, relation)
+from core.data.synthetic import (
+    COLOURS,
+    JSON_NAME,
+    RELATION_WORDS,
+    SHAPE_WORDS,
+    SIZE_WORDS,
+    SceneObject,
+    captions_for,
+    generate,
+    make_family,
+    relation,
+)
 
 
 def test_same_seed_writes_identical_files(tmp_path):

@@ -15,7 +15,7 @@ def _files(root):
 
 def test_layout_and_reader(tmp_path):
     summary = generate_features(tmp_path, 10, 3, 4, regions=6, dim=16, seed=1, block_images=4)
-    for split, n in zip(SPLITS, (10, 3, 4)):
+    for split, n in zip(SPLITS, (10, 3, 4), strict=True):
         feats = np.load(tmp_path / f"{split}_ims.npy")
         assert feats.shape == (n, 6, 16) and feats.dtype == np.float32 and np.isfinite(feats).all()
         lines = (tmp_path / f"{split}_caps.txt").read_text(encoding="utf-8").splitlines()

@@ -3,7 +3,7 @@ import json
 import yaml
 
 from distill.cli import main
-from tests.conftest import tiny_config_dict
+from tests.conftest import assert_layout_names, tiny_config_dict
 
 
 def test_ablate_trains_each_variant_per_seed_and_reports_the_table(tmp_path):
@@ -25,6 +25,7 @@ def test_ablate_trains_each_variant_per_seed_and_reports_the_table(tmp_path):
         assert (tmp_path / "run/students" / f"{variant}-seed1" / "model.safetensors").is_file()
     markdown = (tmp_path / "run/ablation/ablation.md").read_text()
     assert "| + cached top-K KD | contrastive, cached_kd |" in markdown and "Reproduce: `itr-distill ablate" in markdown
+    assert_layout_names(tmp_path / "run")
 
 
 def test_a_variant_whose_component_is_off_is_skipped_and_named(tmp_path):

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from core.config import TrainConfig
 from distill import checkpoints
-from distill.loop import fit
+from distill.loop import Recipe, RunSpec, TrainData, fit
 from tests.conftest import build_tiny
 from tests.distill.test_loop import contrastive_only
 
@@ -19,8 +19,8 @@ SETTINGS = TrainConfig(epochs=3, batch_size=8, warmup_steps=1, eval_every=0, sel
 def _train(text_model_dir, splits, out, resume=False, identity="run"):
     torch.manual_seed(0)
     model = build_tiny("student", text_model_dir)
-    result = fit(model, contrastive_only(), splits["train"], model.image_tower.preprocess(), SETTINGS, out, 0,
-                 torch.device("cpu"), progress=False, identity=identity, resume=resume)
+    result = fit(model, Recipe(contrastive_only()), TrainData(splits["train"], model.image_tower.preprocess()), SETTINGS,
+                 RunSpec(out, 0, torch.device("cpu"), identity=identity, resume=resume, progress=False))
     return load_file(str(result.weights)), result.history
 
 

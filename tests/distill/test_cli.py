@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from distill.cli import main
-from tests.conftest import tiny_config_dict
+from tests.conftest import assert_layout_names, tiny_config_dict
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def test_run_writes_every_stage_output(finished_run):
     assert "Re-ranking: student top-10 (distilled-seed0), teacher re-ranks" in report
     bench = json.loads((run / "bench" / "latency.json").read_text())
     assert {r["system"] for r in bench["rows"] if r["measure"] == "retrieval"} >= {"rerank-top10", "rerank-top100"}
+    assert_layout_names(run)
 
 
 def test_bench_writes_matrix_scaling_and_figures(finished_run):

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from core.config import load_config
 from core.seeding import seed_everything
 from distill.cli import main
+from distill.models import load_model, new_model
 from distill.variants import variant_config
-from distill.workspace import load_model, new_model
 from tests.conftest import tiny_config_dict
 
 

@@ -11,13 +11,13 @@ from core.checkpoint import save_weights
 from core.config import ConfigError, load_config
 from core.io import sha256_file
 from distill.cli import main
+from distill.models import load_model
 from distill.stages import load_split, teacher_tokens
 from distill.teacher_runs import variant_run
-from distill.workspace import load_model
 from eval.metrics import retrieval_metrics
 from teacher.ensemble import Standardised, combine
 from teacher.scoring import score_all
-from tests.conftest import run_stage_chain, tiny_config_dict
+from tests.conftest import assert_layout_names, run_stage_chain, tiny_config_dict
 
 CPU = torch.device("cpu")
 
@@ -57,6 +57,7 @@ def test_a_student_distils_from_an_ensemble_and_eval_reports_it(tmp_path):
     assert teacher["matching"].startswith("ensemble pair: ") and teacher["scored"] == "every pair"
     expected = retrieval_metrics(_member_scores(loaded, spec, "test"), 5)
     assert teacher["metrics"]["rsum"] == pytest.approx(expected["rsum"])
+    assert_layout_names(run)
 
 
 def test_a_member_refitted_after_the_weights_were_chosen_is_refused_until_they_are_chosen_again(tmp_path):

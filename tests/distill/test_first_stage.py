@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from core.checkpoint import save_weights
+from core.run_layout import RunPaths
 from distill.first_stage import first_stage
-from distill.workspace import RunPaths, save_model_info
+from distill.models import save_model_info
 from student.encode import encode_split
 from tests.conftest import build_tiny
 

@@ -4,9 +4,9 @@ import torch.nn.functional as F
 
 from core.config import GuidedLossConfig, ImageTowerConfig, TextTowerConfig
 from core.data.loading import pair_loader
+from core.run_layout import RunPaths
 from distill.guide import guide_targets
 from distill.terms import GuidedTerm, StepContext, _relational
-from distill.workspace import RunPaths
 from tests.conftest import TINY_TOWERS, build_tiny
 
 
@@ -32,7 +32,7 @@ def test_guided_enhancement_targets_stay_frozen_while_the_student_learns(guide, 
     loader = pair_loader(splits["train"], student.image_tower.preprocess(), student.tokenize, 8, batching="random",
                          generator=torch.Generator().manual_seed(0))
     losses = []
-    for _, batch in zip(range(3), loader):
+    for _, batch in zip(range(3), loader, strict=False):
         loss = term(student(batch), batch, ctx)
         optimizer.zero_grad()
         loss.backward()

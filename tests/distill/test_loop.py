@@ -1,4 +1,3 @@
-import contextlib
 import json
 
 import pytest
@@ -7,11 +6,12 @@ from safetensors.torch import load_file
 
 from core.config import LossesConfig, StudentConfig, TrainConfig
 from distill import checkpoints
-from distill.loop import fit
+from distill.loop import Recipe, RunSpec, TrainData, fit
 from distill.terms import LossTerm, Objective, student_objective
 from tests.conftest import build_tiny
 
 SETTINGS = TrainConfig(epochs=2, batch_size=8, warmup_steps=1, select="best_val", keep_checkpoints=0)
+CPU = torch.device("cpu")
 
 
 def contrastive_only() -> Objective:
@@ -23,8 +23,8 @@ def contrastive_only() -> Objective:
 def test_fit_writes_checkpoints_logs_and_the_selected_weights(tiny_student, splits, tmp_path):
     pre = tiny_student.image_tower.preprocess()
     evals = iter([{"rsum": 10.0}, {"rsum": 5.0}])
-    result = fit(tiny_student, contrastive_only(), splits["train"], pre, SETTINGS, tmp_path, seed=0,
-                 device=torch.device("cpu"), evaluate=lambda m: next(evals), progress=False)
+    result = fit(tiny_student, Recipe(contrastive_only()), TrainData(splits["train"], pre), SETTINGS,
+                 RunSpec(tmp_path, seed=0, device=CPU, progress=False), evaluate=lambda m: next(evals))
     assert result.selected_epoch == 1 and result.selected_metrics == {"rsum": 10.0}
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["epoch_001", "epoch_002"]  # the selected one and the last
@@ -44,8 +44,9 @@ def test_same_seed_same_weights(text_model_dir, splits, tmp_path):
     for name in ("a", "b"):
         model = build_tiny("student", text_model_dir)
         settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=1, eval_every=0, select="last")
-        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], model.image_tower.preprocess(), settings,
-                                      tmp_path / name, 3, torch.device("cpu"), progress=False).weights)))
+        data = TrainData(splits["train"], model.image_tower.preprocess())
+        runs.append(load_file(str(fit(model, Recipe(contrastive_only()), data, settings,
+                                      RunSpec(tmp_path / name, 3, CPU, progress=False)).weights)))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
@@ -67,8 +68,8 @@ class ExplodingIn(LossTerm):
 def test_non_finite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tiny_student, splits, tmp_path):
     settings = TrainConfig(epochs=3, batch_size=8, eval_every=0, select="last")
     with pytest.raises(FloatingPointError, match=r"\['exploding'\] at epoch 2, step \d+; last good checkpoint: .*checkpoints"):
-        fit(tiny_student, Objective([ExplodingIn(2)]), splits["train"], tiny_student.image_tower.preprocess(),
-            settings, tmp_path, 0, torch.device("cpu"), progress=False, identity="run")
+        fit(tiny_student, Recipe(Objective([ExplodingIn(2)])), TrainData(splits["train"], tiny_student.image_tower.preprocess()),
+            settings, RunSpec(tmp_path, 0, CPU, identity="run", progress=False))
     assert not (tmp_path / "model.safetensors").exists()
     path, state = checkpoints.latest(tmp_path / "checkpoints", "run")
     assert path.name == "epoch_001" and state["epoch"] == 1  # complete, its hashes intact
@@ -78,18 +79,17 @@ def test_distillation_needs_teacher_scores(tiny_student, splits, tmp_path):
     losses = LossesConfig()
     losses.kd.teacher_temperature = losses.cached_kd.teacher_temperature = 0.1
     with pytest.raises(ValueError, match="no teacher scores"):
-        fit(tiny_student, student_objective(StudentConfig(embed_dim=32, losses=losses)), splits["train"], tiny_student.image_tower.preprocess(),
-            SETTINGS, tmp_path, 0, torch.device("cpu"), progress=False)
+        fit(tiny_student, Recipe(student_objective(StudentConfig(embed_dim=32, losses=losses))),
+            TrainData(splits["train"], tiny_student.image_tower.preprocess()), SETTINGS,
+            RunSpec(tmp_path, 0, CPU, progress=False))
 
 
 def test_bf16_autocasts_on_cuda_only_so_cpu_training_is_unchanged(text_model_dir, splits, tmp_path):
-    from distill.loop import autocast
-
-    assert isinstance(autocast(torch.device("cpu"), True), contextlib.nullcontext)
     runs = []
     for bf16 in (False, True):
         model = build_tiny("student", text_model_dir)
         settings = TrainConfig(epochs=1, batch_size=8, warmup_steps=1, eval_every=0, select="last", bf16=bf16)
-        runs.append(load_file(str(fit(model, contrastive_only(), splits["train"], model.image_tower.preprocess(),
-                                      settings, tmp_path / str(bf16), 3, torch.device("cpu"), progress=False).weights)))
+        data = TrainData(splits["train"], model.image_tower.preprocess())
+        runs.append(load_file(str(fit(model, Recipe(contrastive_only()), data, settings,
+                                      RunSpec(tmp_path / str(bf16), 3, CPU, progress=False)).weights)))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

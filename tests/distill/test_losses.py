@@ -212,7 +212,8 @@ def test_only_the_terms_named_in_queue_terms_read_the_queues():
     queued = Queued(F.normalize(torch.randn(2, 4), dim=-1), F.normalize(torch.randn(2, 4), dim=-1), torch.tensor([3, 4]),
                     torch.tensor([3, 4]), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4),
                     torch.zeros(0, dtype=torch.long))
-    lookup = lambda i, c: teacher[i][:, c]
+    def lookup(i, c):
+        return teacher[i][:, c]
 
     def parts(queue_terms):
         student = StudentConfig(embed_dim=4, losses=cfg, momentum=MomentumConfig(queue_terms=queue_terms))

@@ -1,7 +1,6 @@
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from core.data.loading import pair_loader
 from distill.memory import EmbeddingBank, FifoQueue, Memory, MomentumEncoder, PairQueues

@@ -92,5 +92,6 @@ def test_killed_and_resumed_training_ends_with_the_uninterrupted_weights_and_met
     for name in weights:
         assert torch.equal(resumed_weights[name], weights[name]), name
     log_resumed = (student / "train_log.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+    def strip(lines):
+        return [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
     assert strip(log_resumed) == strip(log_alone)  # one line per step and epoch, none twice, none torn

@@ -4,8 +4,8 @@ from torch import nn
 from core.config import Config, StudentConfig
 from core.towers.frozen import NOT_FROZEN
 from distill.student_stage import _memory
-from distill.variants import component_on, variant_config
 from distill.terms import student_objective
+from distill.variants import component_on, variant_config
 
 
 def test_token_queues_are_kept_only_when_the_alignment_term_reads_them():

@@ -5,7 +5,7 @@ import yaml
 
 from core.config import ConfigError, load_config
 from distill.cli import main
-from tests.conftest import tiny_config_dict
+from tests.conftest import assert_layout_names, tiny_config_dict
 
 
 def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
@@ -43,6 +43,7 @@ def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
         rows["top"]["mean"]["rsum"] - rows["configured"]["mean"]["rsum"])
     markdown = (tmp_path / "run/ablation/teachers.md").read_text()
     assert "## Teacher ablation" in markdown and "| top | teacher.image_tower.train_top=1" in markdown
+    assert_layout_names(tmp_path / "run")
 
 
 @pytest.mark.parametrize("variants, message", [

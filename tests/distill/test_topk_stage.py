@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from distill.cli import main
-from tests.conftest import tiny_config_dict
 from teacher.topk import DIRECTIONS
+from tests.conftest import tiny_config_dict
 
 ARRAYS = [f"{d}_{what}" for d in DIRECTIONS for what in ("candidates", "scores")]
 

@@ -2,10 +2,13 @@ import pytest
 
 from core.machine import machine_info
 from eval.ablation_table import summarise_rows, to_markdown
+from eval.records import SystemResult
 
 
-def metrics(rsum: float) -> dict:
-    return {"i2t_r1": rsum / 10, "i2t_r5": 0.0, "i2t_r10": 0.0, "t2i_r1": 1.0, "t2i_r5": 0.0, "t2i_r10": 0.0, "rsum": rsum}
+def metrics(rsum: float) -> SystemResult:
+    """One seed's record (the table reads its metrics)."""
+    return SystemResult("x-seed0", "x", 0, {"i2t_r1": rsum / 10, "i2t_r5": 0.0, "i2t_r10": 0.0, "t2i_r1": 1.0,
+                                             "t2i_r5": 0.0, "t2i_r10": 0.0, "rsum": rsum})
 
 
 def test_rows_get_mean_sample_std_and_the_change_against_contrastive_only():

@@ -1,4 +1,5 @@
 from core.io import write_json
+from eval.records import EvalResults
 from eval.report import summarise, write_report
 
 
@@ -13,9 +14,11 @@ RESULTS = {"split": "test", "folds": 1, "gallery_images": 10, "systems": [
     {"name": "baseline-seed1", "group": "baseline", "seed": 1, "losses": ["contrastive"], "metrics": _metrics(220.0)},
     {"name": "distilled-seed0", "group": "distilled", "seed": 0, "losses": ["contrastive", "kd"], "metrics": _metrics(250.0)},
     {"name": "onnx-fp32", "group": "onnx-fp32", "variant": "fp32", "seed": None, "source": "distilled-seed0",
-     "metrics": _metrics(250.0), "recall_difference_vs_pytorch": 0.0, "r1_drop_vs_pytorch": 0.0, "r1_drop_bound": 0.0},
+     "metrics": _metrics(250.0), "recall_difference_vs_pytorch": 0.0, "r1_drop_vs_pytorch": 0.0, "r1_drop_bound": 0.0,
+     "rank_difference_vs_pytorch": 0.0},
     {"name": "onnx-int8", "group": "onnx-int8", "variant": "int8", "seed": None, "source": "distilled-seed0",
-     "metrics": _metrics(247.0), "recall_difference_vs_pytorch": 3.0, "r1_drop_vs_pytorch": 2.5, "r1_drop_bound": 2.0},
+     "metrics": _metrics(247.0), "recall_difference_vs_pytorch": 3.0, "r1_drop_vs_pytorch": 2.5, "r1_drop_bound": 2.0,
+     "rank_difference_vs_pytorch": 1.0},
 ]}
 BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None, "platform": "linux"}, "rows": [
     {"measure": "retrieval", "system": "teacher", "backend": "pytorch", "device": "cpu", "p50_ms": 40.0},
@@ -27,7 +30,7 @@ BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None,
 
 
 def test_summary_groups_seeds_and_computes_speedups():
-    s = summarise(RESULTS, BENCH)
+    s = summarise(EvalResults.from_dict(RESULTS), BENCH)
     rows = {r["group"]: r for r in s["systems"]}
     assert [r["group"] for r in s["systems"]] == ["teacher", "baseline", "distilled", "onnx-fp32", "onnx-int8"]
     assert rows["baseline"]["mean"]["rsum"] == 210.0 and rows["baseline"]["std"]["rsum"] == 10.0

@@ -1,4 +1,4 @@
-from export.device_check import main
+from export.runtime.device_check import main
 
 
 def test_device_check_on_the_cpu_provider(exported, tmp_path, capsys):

@@ -22,7 +22,7 @@ def test_manifest_files_and_gates(exported):
     assert manifest["embedding_dim"] == 32 and manifest["image"]["input"] == "pixel_values"
     assert manifest["image"]["preprocess"]["size"] == 32 and manifest["text"]["max_length"] == 24
     assert list(manifest["variants"]) == ["fp32", "optimized", "fp16", "int8"]
-    for name, variant in manifest["variants"].items():
+    for variant in manifest["variants"].values():
         assert set(variant["files"].values()) <= names
         gate = variant["gate"]
         assert gate["passed"] and gate["retrieval"]["images"] == 16 and gate["retrieval"]["captions"] == 80

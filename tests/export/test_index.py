@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.index import GalleryIndex, faiss_available
+from export.runtime import GalleryIndex, faiss_available
 
 MODEL = {"source_sha256": "abc", "embedding_dim": 8}
 
@@ -46,7 +46,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = GalleryIndex.load(tmp_path / "idx", expect_model=MODEL)
     assert loaded.ids == index.ids and loaded.modality == "text" and loaded.model == MODEL
     q = _unit(rng, 3)
-    for a, b in zip(index.search(q, 5), loaded.search(q, 5)):
+    for a, b in zip(index.search(q, 5), loaded.search(q, 5), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -171,7 +171,8 @@ def test_concatenated_embedding_is_unit_norm_and_scores_a_weighted_mean():
     a, b = hierarchical_concat(g, l, 1.0, 0.5), hierarchical_concat(g2, l2, 1.0, 0.5)
     assert a.shape == (3, 6)
     torch.testing.assert_close(a.norm(dim=1), torch.ones(3))
-    cos = lambda x, y: (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)
+    def cos(x, y):
+        return (F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)
     torch.testing.assert_close((a * b).sum(-1), (1.0 * cos(g, g2) + 0.25 * cos(l, l2)) / 1.25)
     torch.testing.assert_close(hierarchical_concat(g, l, 0.0, 2.0)[:, 4:], F.normalize(l, dim=-1))
     assert math.isclose(float(hierarchical_concat(g, l, 3.0, 4.0).norm(dim=1).max()), 1.0, rel_tol=1e-6)

@@ -34,7 +34,8 @@ def test_flatten_pooling_keeps_positions(text_model_dir):
     built = {p: build_tiny("student", text_model_dir, image_pooling=p) for p in ("flatten", "tower")}
     tokens = torch.randn(1, 4, 32)
     swapped = tokens[:, [1, 0, 2, 3]]  # the same local features at other grid positions
-    out = lambda t: TokenOutput(t, torch.ones(1, 4, dtype=torch.bool), t.mean(1))
+    def out(t):
+        return TokenOutput(t, torch.ones(1, 4, dtype=torch.bool), t.mean(1))
     with torch.no_grad():
         flat = built["flatten"]
         assert flat.image_proj.in_features == 4 * 32
@@ -59,4 +60,4 @@ def test_weights_round_trip(text_model_dir, tmp_path, pooling):
         for p in other.parameters():
             p.zero_()
     load_weights(other, tmp_path / "m.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))

@@ -56,7 +56,8 @@ def test_single_region_score_is_the_cosine():
     # one region: every word attends to it fully, relevance = cos(word, region)
     region = torch.tensor([[[1.0, 0.0]]])
     words = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
-    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)
+    def ones(t):
+        return torch.ones(t.shape[:2], dtype=torch.bool)
     cos = torch.tensor([1 / math.sqrt(2), 0.0])
     mean = scan_similarity(region, ones(region), words, ones(words), aggregation="mean")
     assert mean.item() == pytest.approx(cos.mean().item(), abs=1e-6)
@@ -69,7 +70,8 @@ def test_hand_worked_two_regions():
     # l2norm over the single query word makes each 1 (s1) and 0 (s2): alpha = softmax(9*(1,0)).
     regions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     word = torch.tensor([[[1.0, 0.0]]])
-    ones = lambda t: torch.ones(t.shape[:2], dtype=torch.bool)
+    def ones(t):
+        return torch.ones(t.shape[:2], dtype=torch.bool)
     a1 = math.exp(9) / (math.exp(9) + 1)
     attended = torch.tensor([a1, 1 - a1])
     expected = F.cosine_similarity(attended, torch.tensor([1.0, 0.0]), dim=0).item()

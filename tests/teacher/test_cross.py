@@ -94,16 +94,16 @@ def test_training_lists_score_the_positive_and_in_batch_negatives(text_model_dir
 
 def test_cross_teacher_trains_saves_reloads_and_evaluates(text_model_dir, splits, tmp_path):
     from core.checkpoint import save_weights
-    from distill.loop import fit
+    from distill.loop import Recipe, RunSpec, TrainData, fit
+    from distill.models import load_model, save_model_info
     from distill.terms import teacher_objective
-    from distill.workspace import load_model, save_model_info
 
     teacher = tiny_cross(text_model_dir)
     objective = teacher_objective(teacher.cfg)
     assert [t.name for t in objective.terms] == ["hinge", "match"]
     before = teacher.matcher.cross.head.weight.detach().clone()
-    result = fit(teacher.train(), objective, splits["train"].head(16), teacher.image_tower.preprocess(),
-                 teacher.cfg.train, tmp_path / "fit", 0, CPU, progress=False)
+    result = fit(teacher.train(), Recipe(objective), TrainData(splits["train"].head(16), teacher.image_tower.preprocess()),
+                 teacher.cfg.train, RunSpec(tmp_path / "fit", 0, CPU, progress=False))
     assert not torch.equal(before, teacher.matcher.cross.head.weight)  # the joint transformer learns
     assert {"hinge", "match"} <= set(result.history[-1]["loss"])
     save_model_info(tmp_path, "teacher", teacher.cfg, str(text_model_dir), None, seed=0)

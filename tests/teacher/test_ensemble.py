@@ -21,14 +21,14 @@ def ensemble(text_model_dir, splits):
     members = [build_tiny("teacher", text_model_dir), build_tiny("teacher", text_model_dir, projection="mlp")]
     encoded = [encode_split(m, splits["val"], m.image_tower.preprocess(), 16, CPU, progress=False) for m in members]
     with torch.no_grad():
-        member_scores = [m.score(*e).numpy() for m, e in zip(members, encoded)]
+        member_scores = [m.score(*e).numpy() for m, e in zip(members, encoded, strict=True)]
     images, captions = EnsembleSide([e[0] for e in encoded]), EnsembleSide([e[1] for e in encoded])
     return EnsembleTeacher(members, TERMS, "pair"), images, captions, member_scores
 
 
 def test_the_score_is_the_weighted_sum_of_standardised_member_scores(ensemble):
     teacher, images, captions, member_scores = ensemble
-    expected = sum(t.weight * (s - t.mean) / t.std for s, t in zip(member_scores, TERMS))
+    expected = sum(t.weight * (s - t.mean) / t.std for s, t in zip(member_scores, TERMS, strict=True))
     assert not np.allclose(member_scores[0], member_scores[1], atol=1e-3)
     with torch.no_grad():
         np.testing.assert_allclose(teacher.score(images, captions).numpy(), expected, atol=1e-5)

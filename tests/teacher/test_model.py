@@ -52,16 +52,17 @@ def test_candidate_scores_equal_all_pairs_scores(tiny_teacher, splits):
 
 def test_imram_teacher_trains_saves_and_reloads(text_model_dir, splits, tmp_path):
     from core.checkpoint import save_weights
+    from distill.loop import Recipe, RunSpec, TrainData, fit
+    from distill.models import load_model, save_model_info
     from distill.terms import teacher_objective
-    from distill.loop import fit
-    from distill.workspace import load_model, save_model_info
     from tests.conftest import build_tiny
 
     teacher = build_tiny("teacher", text_model_dir, matching="imram", imram={"steps": 2, "side": "full"},
                          train={"epochs": 1, "batch_size": 8, "warmup_steps": 1, "eval_every": 0, "select": "last"})
     before = teacher.matcher.text_memory.gate.weight.detach().clone()
-    fit(teacher.train(), teacher_objective(teacher.cfg), splits["train"].head(16), teacher.image_tower.preprocess(),
-        teacher.cfg.train, tmp_path / "fit", 0, torch.device("cpu"), progress=False)
+    fit(teacher.train(), Recipe(teacher_objective(teacher.cfg)),
+        TrainData(splits["train"].head(16), teacher.image_tower.preprocess()), teacher.cfg.train,
+        RunSpec(tmp_path / "fit", 0, torch.device("cpu"), progress=False))
     assert not torch.equal(before, teacher.matcher.text_memory.gate.weight)  # the memory units learn
     save_model_info(tmp_path, "teacher", teacher.cfg, str(text_model_dir), None, seed=0)
     save_weights(teacher, tmp_path / "model.safetensors")

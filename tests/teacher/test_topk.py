@@ -17,7 +17,8 @@ def job(tiny_teacher, splits, tmp_path):
     images, captions = encode_split(tiny_teacher, split, tiny_teacher.image_tower.preprocess(), 8, torch.device("cpu"), False)
     rng = np.random.default_rng(0)
     img_emb, cap_emb = rng.normal(size=(split.n_images, 6)), rng.normal(size=(split.n_captions, 6))
-    candidates = lambda: {"t2i": top_k_ids(cap_emb, img_emb, K)[0], "i2t": top_k_ids(img_emb, cap_emb, K)[0]}
+    def candidates():
+        return {"t2i": top_k_ids(cap_emb, img_emb, K)[0], "i2t": top_k_ids(img_emb, cap_emb, K)[0]}
     identity = topk_identity("teacher-sha", split.fingerprint(), "val", split.n_images, split.n_captions, K,
                              {"kind": "student", "sha256": "generator-sha"}, "float32")
     dense = score_all(tiny_teacher, images, captions, progress=False)

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.index import GalleryIndex
-from export.providers import PROVIDER_ALIASES
+from export.runtime.index import GalleryIndex
+from export.runtime.providers import PROVIDER_ALIASES
 
 if TYPE_CHECKING:
-    from export.runtime import OnnxStudent
+    from export.runtime.session import OnnxStudent
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -65,7 +65,7 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
     if not args.query and not args.image and not args.save_index:
         raise ValueError("nothing to do: give --query TEXT or --image PATH (or --save-index DIR)")
-    from export.runtime import OnnxStudent  # onnxruntime loads only when a search runs, not with the CLI
+    from export.runtime.session import OnnxStudent  # onnxruntime loads only when a search runs, not with the CLI
 
     model = OnnxStudent(args.export_dir, args.variant, providers=args.device)
     if args.index:
@@ -85,7 +85,7 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     images = [q for kind, q in queries if kind == "image"]
     embeddings = model.encode_text(texts) if texts else model.encode_image_files(images)
     results = []
-    for (kind, query), emb in zip(queries, embeddings):
+    for (kind, query), emb in zip(queries, embeddings, strict=True):
         hits = index.hits(emb, args.top_k)
         results.append({"query": query, "kind": kind, "hits": [h.__dict__ for h in hits]})
     return results

@@ -1,4 +1,4 @@
-"""Check an export on an execution provider: `python -m export.device_check EXPORT_DIR --device cuda`.
+"""Check an export on an execution provider: `python -m export.runtime.device_check EXPORT_DIR --device cuda`.
 
 For each variant built for that provider and each way the runtime can call it (plain; I/O binding;
 fixed buffers; fixed buffers with CUDA graphs on CUDA), encodes the same captions and images as the
@@ -9,6 +9,7 @@ encoding. Torch-free, so it runs wherever the runtime runs. Writes `device_check
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -19,8 +20,8 @@ import numpy as np
 from core.io import write_json, write_text
 from core.machine import machine_info
 from core.timing import time_calls
-from export.providers import PROVIDER_ALIASES
-from export.runtime import OnnxStudent, resolve_providers
+from export.runtime.providers import PROVIDER_ALIASES
+from export.runtime.session import OnnxStudent, resolve_providers
 
 CAPTIONS = ["a dog runs on the beach", "two children play football in a park near a big tree",
             "a man in a red jacket rides a bicycle down a busy city street at night", "a cat", "people"]
@@ -43,6 +44,11 @@ def _images(model: OnnxStudent, n: int, seed: int = 0) -> np.ndarray:
     return rng.normal(size=(n, image["regions"], image["feature_dim"])).astype(np.float32)
 
 
+def _encode_caption(model: OnnxStudent, i: int) -> np.ndarray:
+    """The i-th timed batch-1 caption encoding."""
+    return model.encode_text([CAPTIONS[i % len(CAPTIONS)]])
+
+
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())
 
@@ -63,7 +69,7 @@ def check(export_dir: str | Path, device: str, repeats: int = 200, reference_var
             row = {"variant": variant, "mode": mode, "providers": model.providers,
                    "min_cosine_text": _min_cosine(ref_text, model.encode_text(CAPTIONS)),
                    "min_cosine_image": _min_cosine(ref_images, model.encode_arrays(images))}
-            row["caption_encoding_batch1"] = time_calls(lambda i: model.encode_text([CAPTIONS[i % len(CAPTIONS)]]), 20, repeats)
+            row["caption_encoding_batch1"] = time_calls(functools.partial(_encode_caption, model), 20, repeats)
             rows.append(row)
     return {"export": str(export_dir), "device": device, "provider": provider, "machine": machine_info(),
             "reference": f"{reference_variant} variant on the CPU provider", "captions": CAPTIONS, "rows": rows}
@@ -85,7 +91,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.device_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m export.runtime.device_check", description=__doc__.splitlines()[0])
     ap.add_argument("export_dir")
     ap.add_argument("--device", default="cuda", choices=sorted(PROVIDER_ALIASES))
     ap.add_argument("--repeats", type=int, default=200)

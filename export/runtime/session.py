@@ -22,8 +22,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from core.data.images import ImagePreprocess, load_image
-from export.providers import PROVIDER_ALIASES
-
+from export.runtime import MANIFEST
+from export.runtime.providers import PROVIDER_ALIASES
 
 
 class ProviderError(RuntimeError):
@@ -106,7 +106,7 @@ class OnnxStudent:
                  threads: int | None = None, io_binding: bool = False, static_batch: int | None = None,
                  cuda_graph: bool = False):
         self.dir = Path(export_dir)
-        manifest_path = self.dir / "manifest.json"
+        manifest_path = self.dir / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path}: not an itr-distill export directory")
         self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -86,7 +86,7 @@ class GalleryIndex:
     def hits(self, query: np.ndarray, k: int = 10) -> list[SearchHit]:
         """Ranked hits of one query embedding."""
         scores, idx = self.search(query[None] if query.ndim == 1 else query, k)
-        return [SearchHit(rank + 1, self.ids[i], float(s)) for rank, (i, s) in enumerate(zip(idx[0], scores[0]))]
+        return [SearchHit(rank + 1, self.ids[i], float(s)) for rank, (i, s) in enumerate(zip(idx[0], scores[0], strict=True))]
 
     def save(self, directory: str | Path) -> Path:
         """`embeddings.npy` + `index.json`, written atomically as one directory."""

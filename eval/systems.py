@@ -1,0 +1,43 @@
+"""Each kind of system evaluated into its `SystemResult`: the teacher from its token store, a student,
+the teacher re-ranking a student's top-K, an ONNX variant against its PyTorch source."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.data.records import CaptionSplit
+from eval.evaluate import metrics_for, onnx_sims, teacher_metrics
+from eval.records import OnnxParity, SystemResult
+from eval.rerank import rerank_metrics, with_first_stage
+from teacher.scoring import Side, Teacher, candidate_scorer
+
+
+def teacher_result(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit, seed: int, folds: int,
+                   block_gib: float, bf16: bool, token_dtype: str) -> SystemResult:
+    metrics, scored = teacher_metrics(teacher, images, captions, split, folds, block_gib, bf16)
+    return SystemResult("teacher", "teacher", seed, metrics, matching=teacher.label, scored=scored,
+                        token_dtype=token_dtype)
+
+
+def student_result(name: str, info: dict[str, Any], sims: np.ndarray, split: CaptionSplit, folds: int) -> SystemResult:
+    """A student from its similarity matrix; `info` is its `model.json` (variant, seed, loss terms)."""
+    return SystemResult(name, info["variant"], info["seed"], metrics_for(sims, split, folds), losses=info["losses"])
+
+
+def rerank_results(student: SystemResult, sims: np.ndarray, teacher: Teacher, images: Side, captions: Side,
+                   split: CaptionSplit, ks: list[int], student_weight: float, folds: int, bf16: bool) -> list[SystemResult]:
+    """The teacher re-ranking the student's top-K (per K), fused with `student_weight` x the student's score."""
+    fused = with_first_stage(candidate_scorer(teacher, images, captions, bf16), sims, student_weight)
+    return [SystemResult(f"rerank-top{k}", f"rerank-top{k}", student.seed,
+                         rerank_metrics(sims, fused, k, split.captions_per_image, folds), k=k, source=student.name,
+                         student_weight=student_weight) for k in ks]
+
+
+def onnx_result(export_dir: str, variant: str, split: CaptionSplit, batch_size: int, folds: int, source: str,
+                pytorch: SystemResult | None, r1_drop_bound: float) -> SystemResult:
+    """An ONNX variant, compared with the PyTorch student it was exported from when that was evaluated."""
+    metrics = metrics_for(onnx_sims(export_dir, split, batch_size, variant), split, folds)
+    parity = None if pytorch is None else OnnxParity.compare(metrics, pytorch.metrics, r1_drop_bound)
+    return SystemResult(f"onnx-{variant}", f"onnx-{variant}", None, metrics, source=source, variant=variant,
+                        parity=parity)
