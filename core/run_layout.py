@@ -34,10 +34,13 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("students/*-seed*/*", "a student: a model directory (`ModelDir`)"),
     ("export/*", "the exported student: ONNX graphs, tokenizer, manifest.json (export/onnx_export.py)"),
     ("eval/results.json", "metrics of every system (eval/records.py)"),
+    ("eval/clip_benchmark/*.json", "one CLIP_benchmark result file per evaluated system (eval/clip_benchmark.py)"),
+    ("eval/examples.json", "each system's top-5 for seeded queries, and where teacher and student disagree (eval/examples.py)"),
     ("bench/latency.json", "latency rows and the machine"),
     ("bench/*", "the benchmark's tables: bench.md, matrix.csv, scaling.csv (eval/bench_tables.py)"),
     ("ablation/ablation.*", "the student ablation table, JSON and Markdown (`itr-distill ablate`)"),
     ("ablation/teachers.*", "the teacher ablation table, JSON and Markdown (`itr-distill ablate-teachers`)"),
+    ("ablation/*curves.png", "training curves of each ablation's models"),
     ("figures/*.png", "the report's figures"),
     ("stages.json", "each stage of the last `run`: wall time, peak memory, disk written, teacher pairs"),
     ("report.md", "the report"),
@@ -86,9 +89,13 @@ class RunPaths:
     students = property(lambda self: self.root / "students")
     export = property(lambda self: self.root / "export")
     eval_results = property(lambda self: self.root / "eval" / "results.json")
+    clip_benchmark_dir = property(lambda self: self.root / "eval" / "clip_benchmark")
+    eval_examples = property(lambda self: self.root / "eval" / "examples.json")
     bench = property(lambda self: self.root / "bench" / "latency.json")
     student_ablation = property(lambda self: self.root / "ablation" / "ablation.json")
     teacher_ablation = property(lambda self: self.root / "ablation" / "teachers.json")
+    student_ablation_curves = property(lambda self: self.root / "ablation" / "curves.png")
+    teacher_ablation_curves = property(lambda self: self.root / "ablation" / "teacher_curves.png")
     figures = property(lambda self: self.root / "figures")
     stage_log = property(lambda self: self.root / "stages.json")
     report = property(lambda self: self.root / "report.md")
@@ -99,6 +106,10 @@ class RunPaths:
 
     def topk_scores(self, split: str) -> Path:
         return self.root / "scores" / f"{split}-topk"
+
+    def clip_benchmark(self, system: str) -> Path:
+        """A system's CLIP_benchmark result file (eval/clip_benchmark.py)."""
+        return self.clip_benchmark_dir / f"{system.replace('/', '_')}.json"
 
     def teacher_tokens(self, split: str) -> Path:
         return self.root / "teacher_tokens" / split

@@ -25,6 +25,7 @@ from distill.student_stage import stage_distill
 from distill.variants import component_on, variant_config
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.evaluate import student_sims
+from eval.report import write_training_curves
 from eval.systems import student_result
 
 log = logging.getLogger("itr_distill")
@@ -77,7 +78,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
     _prerequisites(cfg, force, resume)
     paths, device = RunPaths(cfg.run_dir), resolve_device(cfg.device)
     split = load_split(cfg, cfg.eval.split)
-    rows, skipped = [], []
+    rows, skipped, trained = [], [], {}
     for variant in variants:
         student_cfg = variant_config(cfg, variant)
         kept = STUDENT_VARIANTS[variant]
@@ -87,6 +88,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
         per_seed = []
         for seed in cfg.experiment.seeds:
             directory = stage_distill(cfg, variant, seed, force, resume)
+            trained[directory.name] = directory
             model = load_model(directory, device)
             sims = student_sims(model, split, model.image_tower.preprocess(), cfg.eval.batch_size, device, False,
                                 frozen_for(model, split, paths.features, cfg.eval.batch_size, device))
@@ -103,5 +105,6 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
              "rows": summarise_rows(rows), "skipped": skipped, "machine": machine_info(), "command": command}
     write_json(paths.student_ablation, table)
     write_text(paths.student_ablation.with_suffix(".md"), to_markdown(table))
+    write_training_curves(trained, paths.student_ablation_curves)
     log.info("ablation table written to %s", paths.student_ablation.with_suffix(".md"))
     return table

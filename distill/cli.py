@@ -10,7 +10,9 @@ import sys
 
 from core.config import STUDENT_VARIANTS, Config, ConfigError, load_config, save_config
 from core.run_layout import RunPaths
+from eval.compare import ReportMissing
 from export.runtime.search import add_arguments as add_search_arguments
+from export.runtime.serve import add_arguments as add_serve_arguments
 
 log = logging.getLogger("itr_distill")
 
@@ -21,7 +23,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers
-    except ImportError:  # the torch-free runtime install (`search` only)
+    except ImportError:  # the torch-free runtime install (`search`, `serve`)
         return
 
     transformers.utils.logging.set_verbosity_error()
@@ -111,11 +113,18 @@ def parser() -> argparse.ArgumentParser:
     teachers.add_argument("--seeds", nargs="+", type=int, help="seeds (default: experiment.seeds)")
     report = sub.add_parser("report", help="write report.md and report.json of a run")
     report.add_argument("run_dir")
+    compare = sub.add_parser("compare", help="one table of the report systems of several runs (reads each run's report.json)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--csv", metavar="FILE", help="also write the rows as CSV (numbers as numbers, each mean beside its std)")
+    compare.add_argument("--markdown", metavar="FILE", help="also write the table to a Markdown file")
     run = sub.add_parser("run", help="run every stage of a config")
     _add_config_args(run, config_required=True)
     _add_resume(run)
     search = sub.add_parser("search", help="query an exported student (torch-free): text->image or image->text")
     add_search_arguments(search)
+    serve = sub.add_parser("serve", help="a search page and JSON API over an exported student (torch-free; "
+                                         "needs the serve extra)")
+    add_serve_arguments(serve)
     demo = sub.add_parser("demo", help="run every stage on the embedded default (synthetic scenes)")
     demo.add_argument("--run-dir", default=None, help="run directory (default: runs/demo)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -136,10 +145,20 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def dispatch(args: argparse.Namespace, command_line: str) -> None:
+    if args.command == "compare":  # reads report.json files only: no torch
+        from eval.compare import compare
+
+        print(compare(args.run_dirs, args.csv, args.markdown), end="")
+        return
     if args.command == "search":  # before importing the stages: search must work without torch
         from export.runtime.search import main as search_main
 
         search_main(args)
+        return
+    if args.command == "serve":  # likewise torch-free, before the stages import
+        from export.runtime.serve import main as serve_main
+
+        serve_main(args)
         return
     from distill import stages
     from distill.pipeline import run_pipeline
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     command_line = "itr-distill " + " ".join(shlex.quote(a) for a in argv)
     try:
         dispatch(args, command_line)
-    except ConfigError as exc:
+    except (ConfigError, ReportMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError, ImportError) as exc:

@@ -37,11 +37,11 @@ class FirstStage:
             student = load_model(self.directory, device)
             return student_encode(student, split, student.image_tower.preprocess(), batch_size, device,
                                   frozen=frozen_for(student, split, paths.features, batch_size, device))
-        from eval.evaluate import onnx_gallery
+        from eval.evaluate import onnx_captions, onnx_gallery
         from export.runtime import OnnxStudent
 
         runtime = OnnxStudent(self.directory, "fp32", providers="cuda" if device.type == "cuda" else "cpu")
-        return onnx_gallery(runtime, split, batch_size), runtime.encode_text(list(split.captions), batch_size)
+        return onnx_gallery(runtime, split, batch_size), onnx_captions(runtime, split, batch_size)
 
 
 def first_stage(name: str, paths: RunPaths, seed: int) -> FirstStage:

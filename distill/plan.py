@@ -27,6 +27,7 @@ from core.paths import resolve_path
 from core.run_layout import RunPaths
 from distill.terms import uses_teacher
 from distill.variants import variant_config
+from eval.examples import teacher_pairs as example_pairs
 
 GIB = 2**30
 RUN = RunPaths(".")  # paths relative to the run directory, as plans name what a stage reads and writes
@@ -364,7 +365,7 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
         s.memory = {"score matrices": matrix * 32, "scoring block": block + chunk}
         s.knobs = {"score matrices": f"data.limit_{cfg.eval.split}", "scoring block": "scores.block_gib"}
         s.teacher_pairs = matrix + sum(test.images * min(k, test.captions) + test.captions * min(k, test.images)
-                                       for k in cfg.eval.rerank_k)
+                                       for k in cfg.eval.rerank_k) + example_pairs(test.images, test.captions)
         s.disk_bytes = (test.images * teacher.image_tokens + test.captions * words) * (d * token_item + 1)
     elif name == "bench":
         s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.export, "/"), cfg.eval.split], [_name(RUN.bench.parent, "/")])

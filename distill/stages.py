@@ -35,8 +35,10 @@ from distill.teacher_runs import variant_run
 from distill.terms import teacher_objective
 from eval.bench import run_benchmark
 from eval.bench_tables import write_bench_files
+from eval.clip_benchmark import write_clip_benchmark
 from eval.ensemble import fit_ensemble
 from eval.evaluate import student_sims, teacher_split_metrics
+from eval.examples import ExampleCollector
 from eval.metrics import retrieval_metrics
 from eval.records import EvalResults, SystemResult
 from eval.report import write_report
@@ -418,18 +420,23 @@ def stage_eval(cfg: Config) -> EvalResults:
     device = resolve_device(cfg.device)
     bs, folds = cfg.eval.batch_size, cfg.eval.folds
     systems: list[SystemResult] = []
+    examples = ExampleCollector(split, cfg.seed)
     teacher = None
     if ModelDir(paths.teacher).weights.is_file():
         teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
         systems.append(teacher_result(teacher, store.images, store.captions, split, cfg.seed, folds,
                                       cfg.scores.block_gib, cfg.scores.bf16, cfg.scores.token_dtype))
+        examples.add_scorer("teacher", candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16))
     rerank_source = _rerank_source(cfg, paths)
+    shown = {paths.student(v, cfg.experiment.seeds[0]).name for v in RUN_STUDENTS}
     for student_dir in _student_dirs(cfg):
         student = load_model(student_dir, device)
         sims = student_sims(student, split, student.image_tower.preprocess(), bs, device,
                             frozen=frozen_for(student, split, paths.features, bs, device))
         result = student_result(student_dir.name, read_json(ModelDir(student_dir).info), sims, split, folds)
         systems.append(result)
+        if result.name in shown:
+            examples.add_sims(result.name, sims)
         if teacher is not None and student_dir.name == rerank_source:
             systems += rerank_results(result, sims, teacher, store.images, store.captions, split, cfg.eval.rerank_k,
                                       cfg.eval.rerank_student_weight, folds, cfg.scores.bf16)
@@ -443,6 +450,8 @@ def stage_eval(cfg: Config) -> EvalResults:
         raise FileNotFoundError(f"{paths.root}: nothing to evaluate yet (no teacher, students or export)")
     results = EvalResults(cfg.eval.split, folds, split.n_images, split.captions_per_image, systems)
     results.write(paths.eval_results)
+    write_clip_benchmark(results, paths, cfg.data.format, cfg.data.path)
+    write_json(paths.eval_examples, examples.to_dict("teacher", paths.student("distilled", cfg.experiment.seeds[0]).name))
     for s in systems:
         log.info("%-22s rsum %.1f", s.name, s.rsum)
     return results

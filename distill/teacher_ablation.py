@@ -30,6 +30,7 @@ from eval.ensemble import fit_ensemble
 from eval.evaluate import teacher_split_metrics
 from eval.metrics import retrieval_metrics
 from eval.records import SystemResult
+from eval.report import write_training_curves
 from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
 
@@ -48,13 +49,14 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     seeds = seeds or list(cfg.experiment.seeds)
     device = resolve_device(cfg.device)
     split = load_split(cfg, cfg.eval.split)
-    rows = []
+    rows, trained = [], {}
     for name in (n for n in names if n not in ensembles):
         per_seed, selection, seconds = [], [], []
         for seed in seeds:
             variant = variant_run(cfg, name, seed)
             start = time.perf_counter()
             out = stage_teacher_fit(variant, force)
+            trained[f"{name}-seed{seed}"] = out
             seconds.append(time.perf_counter() - start)
             teacher = load_model(out, device)
             frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
@@ -81,6 +83,7 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     out = RunPaths(cfg.run_dir).teacher_ablation
     write_json(out, table)
     write_text(out.with_suffix(".md"), to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
+    write_training_curves(trained, RunPaths(cfg.run_dir).teacher_ablation_curves)
     log.info("teacher ablation table written to %s", out.with_suffix(".md"))
     return table
 

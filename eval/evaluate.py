@@ -6,6 +6,7 @@ import torch
 
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
+from core.progress import progress
 from core.towers.frozen import NOT_FROZEN, Frozen
 from eval.metrics import retrieval_metrics
 from eval.rerank import rerank_metrics
@@ -54,16 +55,25 @@ def onnx_sims(export_dir: str, split: CaptionSplit, batch_size: int, variant: st
     with warnings.catch_warnings():  # evaluating a GPU variant (fp16) on the CPU is allowed here
         warnings.simplefilter("ignore")
         student = OnnxStudent(export_dir, variant, providers=providers)
-    return onnx_gallery(student, split, batch_size) @ student.encode_text(list(split.captions), batch_size).T
+    return onnx_gallery(student, split, batch_size) @ onnx_captions(student, split, batch_size).T
 
 
 def onnx_gallery(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarray:
-    """Image embeddings of a split by an exported student (`export.runtime.OnnxStudent`)."""
-    if split.features is not None:  # in blocks: the features may be memory-mapped files larger than memory
+    """Image embeddings of a split by an exported student (`export.runtime.OnnxStudent`), in blocks: the
+    features may be memory-mapped files larger than memory, and a large gallery reports its progress."""
+    starts = progress(range(0, split.n_images, batch_size), "ONNX image encoding")
+    if split.features is not None:
         feats = split.features
         return np.concatenate([runtime.encode_regions(np.asarray(feats[s:s + batch_size], dtype=np.float32), batch_size)
-                               for s in range(0, len(feats), batch_size)])
-    return runtime.encode_image_files(split.image_paths, batch_size)
+                               for s in starts])
+    return np.concatenate([runtime.encode_image_files(split.image_paths[s:s + batch_size], batch_size) for s in starts])
+
+
+def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarray:
+    """Caption embeddings of a split by an exported student, in blocks that report their progress."""
+    captions = list(split.captions)
+    return np.concatenate([runtime.encode_text(captions[s:s + batch_size], batch_size)
+                           for s in progress(range(0, len(captions), batch_size), "ONNX caption encoding")])
 
 
 def metrics_for(sims: np.ndarray, split: CaptionSplit, folds: int = 1) -> dict[str, float]:

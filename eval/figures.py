@@ -18,10 +18,10 @@ from core.io import atomic_path  # noqa: E402
 from core.machine import describe  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
     """Write the figure as PNG atomically (a killed report keeps the previous figure) and close it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
 
 
@@ -50,7 +50,7 @@ def accuracy_vs_latency(summary: dict[str, Any], path: str | Path) -> Path | Non
     ax.grid(True, which="both", alpha=0.3)
     _footnote(fig, f"Measured on {describe(summary['machine'])}" if summary.get("machine") else "machine unknown")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    _save(fig, path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -78,5 +78,37 @@ def latency_vs_gallery(scaling: dict[str, Any], machine: dict[str, Any], path: s
     ax.legend(fontsize=7)
     _footnote(fig, f"Measured on {describe(machine)}; hollow dashed points extrapolated from a + b·N fitted to the measured ones.")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    _save(fig, path)
+    save_figure(fig, path)
+    return Path(path)
+
+
+def training_curves(histories: dict[str, list[dict[str, Any]]], selected: dict[str, int], path: str | Path) -> Path:
+    """One panel per trained model: each loss term per epoch (left axis) and the selection split's rsum
+    (right axis, dashed), the selected epoch marked. `histories` come from each model's training.json."""
+    names = list(histories)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        history = histories[name]
+        epochs = [h["epoch"] for h in history]
+        for term in history[0]["loss"]:
+            ax.plot(epochs, [h["loss"][term] for h in history], "o-", markersize=3, label=term)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (epoch mean)")
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+        val = [(h["epoch"], h["val"]["rsum"]) for h in history if "val" in h]
+        if val:
+            right = ax.twinx()
+            right.plot(*zip(*val, strict=True), "s--", color="0.3", markersize=3)
+            right.set_ylabel("selection rsum (dashed)", fontsize=8)
+        if name in selected:
+            ax.axvline(selected[name], color="0.5", linestyle=":", linewidth=1)
+    fig.suptitle("Training: loss terms and selection rsum per epoch (dotted line: the selected epoch)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    save_figure(fig, path)
     return Path(path)

@@ -8,10 +8,11 @@ import numpy as np
 
 from core.io import read_json, write_json, write_text
 from core.machine import describe
-from core.run_layout import RunPaths
+from core.run_layout import ModelDir, RunPaths
 from eval.ablation_table import to_markdown as ablation_markdown
 from eval.bench_tables import scaling_markdown
-from eval.figures import accuracy_vs_latency, latency_vs_gallery
+from eval.example_figures import write_example_figures
+from eval.figures import accuracy_vs_latency, latency_vs_gallery, training_curves
 from eval.metrics import TABLE_KEYS
 from eval.records import EvalResults, SystemResult
 
@@ -138,6 +139,22 @@ def _matrix_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _example_lines(figures: dict[str, str]) -> list[str]:
+    """What the systems retrieve and how their training went (eval/examples.json, each training.json)."""
+    lines = []
+    if "examples_t2i" in figures:
+        lines += ["", "## Retrieval examples", "",
+                  "Seeded queries of the split: each system's top-5 (ground truth framed green; `eval/examples.json` "
+                  "holds the ids and scores).", "", f"![text to image]({figures['examples_t2i']})", "",
+                  f"![image to text]({figures['examples_i2t']})"]
+        if "examples_disagreements" in figures:
+            lines += ["", "Where the distilled student and the teacher disagree most, by the rank of the ground truth:",
+                      "", f"![disagreements]({figures['examples_disagreements']})"]
+    if "curves" in figures:
+        lines += ["", "## Training", "", f"![training curves]({figures['curves']})"]
+    return lines
+
+
 def _fmt(row: dict, key: str) -> str:
     mean, std = row["mean"][key], row["std"][key]
     return f"{mean:.1f} ± {std:.1f}" if len(row["seeds"]) > 1 else f"{mean:.1f}"
@@ -169,6 +186,7 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
     figures = figures or {}
     if "accuracy" in figures:
         lines += ["", f"![accuracy against latency]({figures['accuracy']})"]
+    lines += _example_lines(figures)
     if summary.get("scaling"):
         lines += _scaling_lines(summary, figures.get("gallery"))
     if summary.get("matrix"):
@@ -181,6 +199,15 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
         lines += ["", f"Machine: {describe(summary['machine'])}."]
     lines += ["", f"Reproduce: `{command}`", ""]
     return "\n".join(lines)
+
+
+def write_training_curves(models: dict[str, Path], path: Path) -> Path | None:
+    """The training curves of the named model directories that finished training (None when none did)."""
+    trained = {name: read_json(ModelDir(d).training) for name, d in models.items() if ModelDir(d).training.is_file()}
+    if not trained:
+        return None
+    return training_curves({n: t["history"] for n, t in trained.items()},
+                           {n: t["selected_epoch"] for n, t in trained.items()}, path)
 
 
 def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
@@ -200,6 +227,13 @@ def write_report(run_dir: str | Path, command: str) -> dict[str, Any]:
     if summary.get("scaling"):
         latency_vs_gallery(summary["scaling"], summary["machine"], gallery)
         figures["gallery"] = gallery.relative_to(paths.root).as_posix()
+    if paths.eval_examples.exists():
+        for name, figure in write_example_figures(read_json(paths.eval_examples), paths.figures).items():
+            figures[f"examples_{name}"] = figure.relative_to(paths.root).as_posix()
+    models = {"teacher": paths.teacher, **{d.name: d for d in sorted(paths.students.glob("*"))}}
+    curves = write_training_curves(models, paths.figures / "training_curves.png")
+    if curves is not None:
+        figures["curves"] = curves.relative_to(paths.root).as_posix()
     summary["figures"] = figures
     write_json(paths.report_data, summary)
     write_text(paths.report, to_markdown(summary, command, figures))

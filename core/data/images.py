@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -45,18 +45,27 @@ def load_image(path: str | Path, draft: tuple[int, int] | None = None) -> Image.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
+    return read_image(path, str(path), draft)
+
+
+class ImageTooLarge(ValueError):
+    """An image over PIL's `Image.MAX_IMAGE_PIXELS` (a decompression bomb, or a mistake)."""
+
+
+def read_image(source: Path | BinaryIO, name: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """`load_image` of a file or an open binary stream (an upload); errors name the image as `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if draft is not None:
                     img.draft("RGB", draft)
                 img.load()
                 return to_rgb(img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: image too large ({exc})") from exc
+        raise ImageTooLarge(f"{name}: image too large ({exc})") from exc
     except Exception as exc:  # PIL's plugins raise many types on corrupt bytes (OSError, SyntaxError, struct.error...)
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        raise ValueError(f"{name}: cannot read image ({exc})") from exc
 
 
 @dataclass(frozen=True)

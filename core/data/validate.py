@@ -16,6 +16,7 @@ from PIL import Image, ImageFile
 
 from core.data.images import load_image
 from core.io import read_json, write_json
+from core.progress import progress
 
 FileCheck = Callable[[Path], "str | None"]  # why a file is bad (naming it), None when it is fine
 CheckRunner = Callable[[Sequence[Path], FileCheck], dict[Path, str]]
@@ -39,8 +40,10 @@ def image_problem(path: Path) -> str | None:
 
 
 def check_files(paths: Sequence[Path], check: FileCheck) -> dict[Path, str]:
-    """Run `check` on every file; the files with a problem, and the problem."""
-    return {path: problem for path in paths if (problem := check(path)) is not None}
+    """Run `check` on every file; the files with a problem, and the problem (decoding a large set takes
+    minutes, so it reports its progress)."""
+    return {path: problem for path in progress(paths, f"file check ({check.__name__})")
+            if (problem := check(path)) is not None}
 
 
 def _environment() -> dict[str, Any]:

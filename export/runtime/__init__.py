@@ -1,8 +1,10 @@
-"""The torch-free runtime of an exported student: sessions, gallery index, `itr-distill search`, device check.
+"""The torch-free runtime of an exported student: sessions, gallery index, `itr-distill search`, the search
+page (`itr-distill serve`), its load test, device check.
 
 Nothing under `export/runtime/` imports torch, so the runtime installs and runs without it. Its modules
 may import only numpy, onnxruntime, tokenizers, Pillow (faiss when installed), each other, and the
-torch-free `core.io`, `core.data.images`, `core.machine` and `core.timing`;
+torch-free `core.io`, `core.data.images`, `core.machine` and `core.timing`; `serve.py` alone may also
+import its web framework (Starlette, uvicorn, python-multipart: the `serve` extra);
 tests/export/test_runtime_boundary.py enforces this over everything they import, transitively.
 
 The session names load onnxruntime, so they resolve on first use (PEP 562) rather than with the

@@ -60,6 +60,16 @@ def build_index(model: "OnnxStudent", gallery: str | Path, batch_size: int = 64)
     return GalleryIndex(emb, items, modality, {**model.model_id, "variant": model.variant})
 
 
+def open_index(model: "OnnxStudent", gallery: str | Path | None = None, index: str | Path | None = None,
+               batch_size: int = 64) -> GalleryIndex:
+    """A saved index (refused if another model built it), else `gallery` encoded once: `search` and `serve` share it."""
+    if index:
+        return GalleryIndex.load(index, expect_model=model.model_id)
+    if gallery is None:
+        raise ValueError("give a gallery (images or captions) or a saved index")
+    return build_index(model, gallery, batch_size)
+
+
 def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.top_k <= 0:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
@@ -68,10 +78,7 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     from export.runtime.session import OnnxStudent  # onnxruntime loads only when a search runs, not with the CLI
 
     model = OnnxStudent(args.export_dir, args.variant, providers=args.device)
-    if args.index:
-        index = GalleryIndex.load(args.index, expect_model=model.model_id)
-    else:
-        index = build_index(model, args.gallery, args.batch_size)
+    index = open_index(model, args.gallery, args.index, args.batch_size)
     if args.save_index:
         index.save(args.save_index)
     if args.query and index.modality != "image":

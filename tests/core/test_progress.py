@@ -26,3 +26,18 @@ def test_per_step_postfixes_do_not_flood_the_log(monkeypatch, caplog):
         for _ in bar:
             bar.set_postfix(loss="1.0")
     assert len(caplog.records) <= 1
+
+
+def test_file_checks_report_their_progress(monkeypatch, caplog, tmp_path):
+    from PIL import Image
+
+    from core.data.validate import check_files, image_problem
+
+    monkeypatch.setattr(progress_module, "LOG_INTERVAL_S", 0.0)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for p in paths:
+        Image.new("RGB", (8, 8)).save(p)
+    with caplog.at_level(logging.INFO, logger="itr_distill"):
+        assert check_files(paths, image_problem) == {}
+    assert any(r.getMessage().startswith("file check (image_problem)") and "3/3" in r.getMessage()
+               for r in caplog.records)

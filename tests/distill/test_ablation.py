@@ -25,6 +25,7 @@ def test_ablate_trains_each_variant_per_seed_and_reports_the_table(tmp_path):
         assert (tmp_path / "run/students" / f"{variant}-seed1" / "model.safetensors").is_file()
     markdown = (tmp_path / "run/ablation/ablation.md").read_text()
     assert "| + cached top-K KD | contrastive, cached_kd |" in markdown and "Reproduce: `itr-distill ablate" in markdown
+    assert (tmp_path / "run/ablation/curves.png").is_file()  # every variant's and seed's training
     assert_layout_names(tmp_path / "run")
 
 

@@ -42,7 +42,23 @@ def test_run_writes_every_stage_output(finished_run):
     assert "Re-ranking: student top-10 (distilled-seed0), teacher re-ranks" in report
     bench = json.loads((run / "bench" / "latency.json").read_text())
     assert {r["system"] for r in bench["rows"] if r["measure"] == "retrieval"} >= {"rerank-top10", "rerank-top100"}
+    for name, system in by_name.items():  # CLIP_benchmark files: the same recalls, as fractions; t2i = image retrieval
+        record = json.loads((run / "eval" / "clip_benchmark" / f"{name}.json").read_text())
+        assert record["model"] == name and record["task"] == "zeroshot_retrieval" and record["dataset"] == "synthetic_test"
+        assert record["metrics"] == pytest.approx({f"{theirs}_retrieval_recall@{k}": system["metrics"][f"{ours}_r{k}"] / 100
+                                                  for theirs, ours in (("image", "t2i"), ("text", "i2t")) for k in (1, 5, 10)})
+    assert len(list((run / "eval" / "clip_benchmark").iterdir())) == len(by_name)
     assert_layout_names(run)
+
+
+def test_report_shows_retrieval_examples_and_training_curves(finished_run):
+    _, run = finished_run
+    examples = json.loads((run / "eval/examples.json").read_text())
+    assert examples["systems"] == ["teacher", "baseline-seed0", "distilled-seed0"]
+    assert len(examples["t2i"]) == 4 and len(examples["i2t"]) == 2 and examples["image_paths"]
+    report = (run / "report.md").read_text()
+    for figure in ("examples_t2i", "examples_i2t", "training_curves"):
+        assert f"(figures/{figure}.png)" in report and (run / "figures" / f"{figure}.png").is_file()
 
 
 def test_bench_writes_matrix_scaling_and_figures(finished_run):

@@ -43,6 +43,7 @@ def test_ablate_teachers_fits_each_variant_and_writes_the_table(tmp_path):
         rows["top"]["mean"]["rsum"] - rows["configured"]["mean"]["rsum"])
     markdown = (tmp_path / "run/ablation/teachers.md").read_text()
     assert "## Teacher ablation" in markdown and "| top | teacher.image_tower.train_top=1" in markdown
+    assert (tmp_path / "run/ablation/teacher_curves.png").is_file()
     assert_layout_names(tmp_path / "run")
 
 

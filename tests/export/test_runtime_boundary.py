@@ -19,6 +19,11 @@ ALLOWED_CORE = {"core.io", "core.data.images", "core.machine", "core.timing"}
 # Third-party imports the runtime may make -> its line in requirements/runtime.txt (None: optional).
 THIRD_PARTY = {"numpy": "numpy", "PIL": "pillow", "onnxruntime": "onnxruntime", "tokenizers": "tokenizers",
                "faiss": None}
+# The web framework of `itr-distill serve` -> its line in requirements/serve.txt: only SERVE_MODULE may import
+# it (lazily, so that the CLI and `search` run in a runtime install without the serve extra).
+SERVE_MODULE = "export.runtime.serve"
+SERVE_THIRD_PARTY = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
+                     "multipart": "python-multipart"}
 
 
 def _file(module: str, root: Path) -> Path | None:
@@ -88,13 +93,27 @@ def test_the_runtime_imports_only_itself_and_the_allowed_core_modules():
                                      "(add a torch-free module to ALLOWED_CORE deliberately)")
 
 
+def _listed(requirements: str) -> set[str]:
+    lines = (ROOT / "requirements" / requirements).read_text(encoding="utf-8").lower().splitlines()
+    return {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
+
+
 def test_third_party_imports_are_the_runtime_requirements():
+    allowed = set(THIRD_PARTY) | set(SERVE_THIRD_PARTY)
     used = set().union(*map(_top_levels, closure(runtime_modules()).values())) - PROJECT - set(sys.stdlib_module_names)
-    assert used <= set(THIRD_PARTY), f"the runtime imports {sorted(used - set(THIRD_PARTY))}, not in its requirements"
-    lines = (ROOT / "requirements" / "runtime.txt").read_text(encoding="utf-8").lower().splitlines()
-    listed = {re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0] for line in lines if not line.startswith("#")}
-    missing = [req for req in THIRD_PARTY.values() if req and req not in listed]
+    assert used <= allowed, f"the runtime imports {sorted(used - allowed)}, not in its requirements"
+    missing = [req for req in THIRD_PARTY.values() if req and req not in _listed("runtime.txt")]
     assert not missing, f"requirements/runtime.txt lacks {missing}"
+    missing = [req for req in SERVE_THIRD_PARTY.values() if req not in _listed("serve.txt")]
+    assert not missing, f"requirements/serve.txt lacks {missing}"
+
+
+def test_only_the_serve_module_imports_the_web_framework():
+    graph = closure(runtime_modules())
+    assert SERVE_MODULE in graph and _top_levels(graph[SERVE_MODULE]) & {"starlette", "uvicorn"}
+    offenders = {m: sorted(_top_levels(names) & set(SERVE_THIRD_PARTY)) for m, names in graph.items()
+                 if m != SERVE_MODULE and _top_levels(names) & set(SERVE_THIRD_PARTY)}
+    assert not offenders, f"only {SERVE_MODULE} may import the web framework: {offenders}"
 
 
 def test_the_check_sees_torch_imported_inside_a_function_of_a_core_module(tmp_path):
@@ -111,10 +130,10 @@ def test_the_check_sees_torch_imported_inside_a_function_of_a_core_module(tmp_pa
 
 IMPORT_WITHOUT_TORCH = f"""
 import sys
-for name in {sorted(FORBIDDEN)}:
-    sys.modules[name] = None  # any import of it now raises ImportError
-import export.runtime.search
-assert "onnxruntime" not in sys.modules, "the CLI's parser (export.runtime.search) loaded onnxruntime"
+for name in {sorted(FORBIDDEN | set(SERVE_THIRD_PARTY))}:
+    sys.modules[name] = None  # any import of it now raises ImportError (the web framework too: an optional extra)
+import export.runtime.search, export.runtime.serve, export.runtime.load_test
+assert "onnxruntime" not in sys.modules, "the CLI's parser (export.runtime.search, .serve) loaded onnxruntime"
 import export.runtime.session, export.runtime.index, export.runtime.device_check
 from export.runtime import OnnxStudent, GalleryIndex
 """
