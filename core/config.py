@@ -7,6 +7,7 @@ the same values out and a test keeps the two equal. Command-line overrides use d
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,10 +193,31 @@ class TrainConfig:
     batching: Literal["random", "lexical"] = "lexical"  # lexical: hard-negative groups in each batch
     group_size: int = 4  # images per lexical group
     bf16: bool = True  # bf16 autocast of forward and loss on CUDA (CPU training stays float32)
+    # What an epoch visits: `caption` every caption once (its image decoded once per caption), `image`
+    # every image once with one of its captions drawn at random (a fifth of the steps with five captions)
+    sampling: Literal["caption", "image"] = field(default="caption", metadata=KEY_UNLESS_SET)
+    # Decode JPEGs at a reduced scale no smaller than the resize (faster for photos at least twice the
+    # resize; the pixels then differ slightly from evaluation's full decode, hence off by default)
+    jpeg_draft: bool = field(default=False, metadata=KEY_UNLESS_SET)
+    # The input pipeline: none of these changes what a batch holds, so they stay out of stage keys.
+    num_workers: int | None = field(default=None, metadata=NOT_IN_KEY)  # DataLoader workers; null: see `workers`
+    prefetch_factor: int = field(default=2, metadata=NOT_IN_KEY)  # batches each worker prepares ahead
+    # uint8: decode, resize and crop the train split's images once into run_dir/images/ (memory-mapped)
+    image_cache: Literal["none", "uint8"] = field(default="none", metadata=NOT_IN_KEY)
+
+    def workers(self) -> int:
+        """DataLoader workers: `num_workers`, or by default one per core of this process's share of the
+        machine (torchrun's LOCAL_WORLD_SIZE processes share it) but one, at most 8."""
+        if self.num_workers is not None:
+            return self.num_workers
+        share = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(0, min(8, share - 1))
 
     def problems(self) -> list[str]:
-        out = _positive(self, "epochs", "batch_size", "lr")
+        out = _positive(self, "epochs", "batch_size", "lr", "prefetch_factor")
         out += _non_negative(self, "weight_decay", "warmup_steps", "grad_clip", "eval_every", "keep_checkpoints")
+        if self.num_workers is not None and self.num_workers < 0:
+            out.append(f"num_workers: must be >= 0 or null, got {self.num_workers}")
         if self.group_size < 1:
             out.append(f"group_size: must be >= 1, got {self.group_size}")
         if self.batch_size == 1:
@@ -652,13 +674,25 @@ class EvalConfig:
     """Retrieval evaluation protocol."""
 
     split: Literal["val", "test"] = "test"
-    folds: int = 1  # 5: COCO 1K protocol
+    # 5: COCO 1K protocol; a list evaluates several protocols at once ([1, 5]: COCO 5K and 1K), the first in the main table
+    folds: int | list[int] = 1
     batch_size: int = 128
     rerank_k: list[int] = field(default_factory=lambda: [10, 50, 100])  # student top-K re-ranked by the teacher
     rerank_student_weight: float = 1.0  # re-ranking score = teacher + this x student cosine (0: teacher alone)
 
+    @property
+    def protocols(self) -> list[int]:
+        """`folds` as a list: every protocol one evaluation scores, the first the one its main table shows."""
+        return list(self.folds) if isinstance(self.folds, list) else [self.folds]
+
     def problems(self) -> list[str]:
-        out = _positive(self, "folds", "batch_size") + _non_negative(self, "rerank_student_weight")
+        out = _positive(self, "batch_size") + _non_negative(self, "rerank_student_weight")
+        if not isinstance(self.folds, list):
+            out += _positive(self, "folds")
+        elif not self.folds or any(f < 1 for f in self.folds):
+            out.append(f"folds: need one or more values >= 1, got {self.folds}")
+        elif len(set(self.folds)) != len(self.folds):
+            out.append(f"folds: listed twice in {self.folds}")
         if any(k <= 0 for k in self.rerank_k):
             out.append(f"rerank_k: need positive values, got {self.rerank_k}")
         return out

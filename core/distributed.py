@@ -3,22 +3,35 @@
 Barriers, rank bookkeeping, gathers of per-rank rows (with gradient, for losses over the global
 batch) and gradient averaging. Scoring joins a gloo group (any machine); training joins NCCL on
 CUDA, gloo elsewhere.
+
+Rank 0 writes files that the other ranks read after a barrier, so every rank must see the run
+directory: a job checks that once when it starts (`check_shared`), and the reads after a barrier
+go through `shared_file`, so node-local disks fail with one clear message on every rank.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import secrets
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+
+from core.run_layout import RunPaths
+
+RUN_DIR_SHARED = ("the run directory must be on a file system every node shares (e.g. NFS/Lustre); "
+                  "see README 'Several machines'")
 
 
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # the rank among the processes of this machine (torchrun's LOCAL_RANK)
 
     @property
     def is_main(self) -> bool:
@@ -41,14 +54,74 @@ class Ranks:
         return items[self.rank::self.world]
 
 
-def ranks_from_env(timeout_hours: float = 24.0, backend: str = "gloo") -> Ranks:
-    """The rank and world size set by torchrun, joining (once) the process group it describes."""
+def ranks_from_env(timeout_hours: float = 24.0, backend: str = "gloo", run_dir: str | Path | None = None) -> Ranks:
+    """The rank and world size set by torchrun, joining (once) the process group it describes; with
+    `run_dir`, checking (once per process) that every rank sees it (`check_shared`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Ranks()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        if backend == "nccl":  # object gathers run on the current device: each rank its own GPU
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=timeout_hours))
-    return Ranks(dist.get_rank(), dist.get_world_size())
+    ranks = Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
+    if run_dir is not None and str(Path(run_dir).resolve()) not in _CHECKED:
+        check_shared(run_dir, ranks)
+        _CHECKED.add(str(Path(run_dir).resolve()))
+    return ranks
+
+
+class NotShared(RuntimeError):
+    """A file one rank wrote is missing on another rank (the run directory is on node-local disks)."""
+
+
+_CHECKED: set[str] = set()  # run directories this process has checked
+
+
+def all_see(missing: Path | None, ranks: Ranks, writer: str = "rank 0", need: str = RUN_DIR_SHARED) -> None:
+    """Every rank says which file `writer` wrote it could not see (None: it saw it); when any rank
+    missed one, every rank raises the same NotShared naming the first such rank, its host and file."""
+    views = ranks.all_objects(None if missing is None else (str(missing), socket.gethostname()))
+    blind = [(rank, view) for rank, view in enumerate(views) if view is not None]
+    if not blind:
+        return
+    rank, (path, host) = blind[0]
+    others = f" (nor can rank(s) {', '.join(str(r) for r, _ in blind[1:])})" if len(blind) > 1 else ""
+    raise NotShared(f"{path}: rank {rank} on host {host} cannot see the file {writer} wrote{others}: {need}")
+
+
+def shared_file(path: str | Path, ranks: Ranks, writer: str = "rank 0", need: str = RUN_DIR_SHARED) -> Path:
+    """`path`, which `writer` wrote before a barrier, once every rank has seen it (all_see; a collective)."""
+    path = Path(path)
+    all_see(None if ranks.world == 1 or path.exists() else path, ranks, writer, need)
+    return path
+
+
+def check_shared(run_dir: str | Path, ranks: Ranks) -> None:
+    """Rank 0 writes a random token under the run directory and every rank reads it back: on
+    node-local disks every rank fails here, at the start, with one clear message (all_see)."""
+    if ranks.world == 1:
+        return
+    token = ranks.all_objects(secrets.token_hex(8))[0]
+    marker = RunPaths(run_dir).shared_check(token)
+    if ranks.is_main:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token, encoding="utf-8")
+    ranks.barrier()
+    try:
+        seen = marker.read_text(encoding="utf-8") == token
+    except OSError:
+        seen = False
+    try:
+        all_see(None if seen else marker, ranks)  # a collective: every rank has read the marker after it
+    finally:
+        if ranks.is_main:
+            marker.unlink(missing_ok=True)
+            try:
+                marker.parent.rmdir()
+            except OSError:  # another job's marker is there
+                pass
 
 
 def _pad_tokens(tensor: torch.Tensor, width: int) -> torch.Tensor:

@@ -24,6 +24,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("file_checks.json", "cached results of the image decode / feature finiteness checks (core/data/validate.py)"),
     ("text_models/scratch-*/*", "text models trained from scratch (sentence-transformers directories)"),
     ("features/*/*", "cached outputs of frozen towers (core/towers/frozen.py)"),
+    ("images/*/*", "the train split's images decoded, resized and cropped once, uint8, for `train.image_cache: uint8` "
+                   "(core/data/image_cache.py)"),
     ("teacher/*", "the teacher: a model directory (`ModelDir`)"),
     ("teacher_tokens/*/*", "the teacher's token store of a split (teacher/tokens.py), read by every scorer"),
     ("teacher_ensemble/ensemble.json", "members, standardisation and weights of teacher.ensemble"),
@@ -45,6 +47,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("stages.json", "each stage of the last `run`: wall time, peak memory, disk written, teacher pairs"),
     ("report.md", "the report"),
     ("report.json", "the report's figures and checks as data"),
+    ("shared_check/*.txt", "a random token rank 0 of a torchrun job writes and every rank reads back, removed "
+                           "once read: the run directory must be shared by every node (core/distributed.py)"),
 )
 
 MODEL_LAYOUT: tuple[tuple[str, str], ...] = (
@@ -83,6 +87,7 @@ class RunPaths:
     file_checks = property(lambda self: self.root / "file_checks.json")
     text_models = property(lambda self: self.root / "text_models")
     features = property(lambda self: self.root / "features")
+    images = property(lambda self: self.root / "images")  # uint8 image caches: core/data/image_cache.py
     teacher = property(lambda self: self.root / "teacher")
     teacher_ensemble = property(lambda self: self.root / "teacher_ensemble")
     ensemble_spec = property(lambda self: self.root / "teacher_ensemble" / "ensemble.json")
@@ -100,6 +105,10 @@ class RunPaths:
     stage_log = property(lambda self: self.root / "stages.json")
     report = property(lambda self: self.root / "report.md")
     report_data = property(lambda self: self.root / "report.json")
+
+    def shared_check(self, token: str) -> Path:
+        """The marker file a torchrun job's rank 0 writes for every rank to read (core/distributed.py)."""
+        return self.root / "shared_check" / f"{token}.txt"
 
     def scores(self, split: str) -> Path:
         return self.root / "scores" / split

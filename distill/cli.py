@@ -99,7 +99,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--student", help="student directory (default: distilled student of the first seed)")
     _add_config_args(sub.add_parser("eval", help="evaluate teacher, students and ONNX student"))
     _add_config_args(sub.add_parser("bench", help="latency benchmark of a run; `bench teacher [options]`: teacher "
-                                                  "scoring speed against the per-caption loop and the matmul floor"))
+                                                  "scoring speed against the per-caption loop and the matmul floor; "
+                                                  "`bench input CONFIG [options]`: the training input pipeline's "
+                                                  "images/s against the model step's"))
     ablate = sub.add_parser("ablate", help="train every student variant (contrastive only; + in-batch KD; + cached KD; "
                                            "+ SelfAlign; + momentum queues; all) over the seeds and write the table")
     _add_config_args(ablate, config_required=True)
@@ -213,6 +215,37 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         stages.stage_bench(cfg)
 
 
+def bench_input(argv: list[str]) -> int:
+    """`itr-distill bench input`: the config's train split, student and `student.train` settings, timed by
+    `eval.input_bench` (input pipeline per worker count and feeding, then the model step)."""
+    import torch
+
+    from core.devices import resolve_device
+    from distill.models import feature_dim, new_model, text_source
+    from distill.stages import load_split
+    from distill.terms import student_objective
+    from distill.variants import variant_config
+    from eval.input_bench import parser as input_parser
+    from eval.input_bench import run_input_bench, write_results
+
+    args = input_parser().parse_args(argv)
+    cfg = load_config(args.config, list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else []))
+    paths, settings = RunPaths(cfg.run_dir), cfg.student.train
+    train = load_split(cfg, "train")
+    torch.manual_seed(cfg.seed)
+    student = new_model("student", cfg.student, text_source(paths, cfg.student.text_tower, train), feature_dim(train))
+    preprocess = student.image_tower.preprocess()
+    if preprocess is None:
+        raise ValueError(f"{train.source}: precomputed region features have no image decoding to time")
+    workers = args.workers or sorted({0, settings.workers()})
+    objective = student_objective(variant_config(cfg, "baseline")) if args.steps > 0 else None
+    result = run_input_bench(train, preprocess, student.tokenize, settings, paths.images, workers, args.batches,
+                             student if objective is not None else None, objective, resolve_device(cfg.device),
+                             args.steps, args.draft, cfg.seed, args.rounds)
+    print(write_results(result, args.out, "itr-distill bench input " + " ".join(shlex.quote(a) for a in argv)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rehearse"]:  # the scale rehearsal: generates a set, runs `run` on it, writes its result files
@@ -223,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         from eval.teacher_bench import main as teacher_bench_main
 
         return teacher_bench_main(argv[2:])
+    if argv[:2] == ["bench", "input"]:  # its own options: the input pipeline and the model step, no stage runs
+        _setup_logging()
+        _quiet_libraries()
+        try:
+            return bench_input(argv[2:])
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (ValueError, OSError, RuntimeError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     args = parser().parse_args(argv)
     if args.command == "demo" and args.run_dir is None:
         args.run_dir = "runs/demo"

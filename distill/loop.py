@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.data.image_cache import CachedImages, image_cache
 from core.data.images import ImagePreprocess
-from core.data.loading import Batch, lexical_rng, pair_loader
+from core.data.loading import Batch, lexical_rng, training_loader
 from core.data.records import CaptionSplit
 from core.distributed import Ranks, average_gradients, gather_rows
 from core.io import atomic_path, write_json, write_text
@@ -94,11 +95,13 @@ class Recipe:
 @dataclass(frozen=True)
 class TrainData:
     """The caption-level pairs of `split`, images through `preprocess`; `frozen` holds cached outputs
-    of frozen towers for `split` (see core.towers.frozen), whose inputs are then neither loaded nor run."""
+    of frozen towers for `split` (see core.towers.frozen), whose inputs are then neither loaded nor run.
+    `image_cache`: where `train.image_cache: uint8` keeps its caches (`RunPaths.images`)."""
 
     split: CaptionSplit
     preprocess: ImagePreprocess | None
     frozen: Frozen = NOT_FROZEN
+    image_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,13 @@ def fit(model: nn.Module, recipe: Recipe, data: TrainData, settings: TrainConfig
     generator = seed_everything(run.seed)
     model.to(run.device)
     objective.to(run.device)
-    loader = pair_loader(data.split, data.preprocess, model.tokenize, settings.batch_size, generator=generator,
-                         batching=settings.batching, group_size=settings.group_size, seed=run.seed,
-                         load_images=data.frozen[0] is None, shard=(ranks.rank, ranks.world))
+    load_images = data.frozen[0] is None
+    loader = training_loader(data.split, data.preprocess, model.tokenize, settings, run.seed, generator, run.device,
+                             load_images, (ranks.rank, ranks.world),
+                             _image_cache(data, settings, ranks) if load_images else None)
     if len(loader) == 0:
-        raise ValueError(f"{data.split.source}: {data.split.n_captions} captions give no full batch of {settings.batch_size}")
+        items = f"{data.split.n_images} images" if settings.sampling == "image" else f"{data.split.n_captions} captions"
+        raise ValueError(f"{data.split.source}: {items} give no full batch of {settings.batch_size}")
     optimizer = torch.optim.AdamW(_param_groups(model, objective, settings, recipe.lr_scales))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, settings.epochs * len(loader)))
     step = _Step(model, objective, optimizer, scheduler, settings, run.device, data.frozen, recipe.context,
@@ -183,6 +188,20 @@ def fit(model: nn.Module, recipe: Recipe, data: TrainData, settings: TrainConfig
                                                "history": progress_state.history})
     ranks.barrier()
     return FitResult(weights, best_epoch, progress_state.history)
+
+
+def _image_cache(data: TrainData, settings: TrainConfig, ranks: Ranks) -> CachedImages | None:
+    """The uint8 image cache `train.image_cache` asks for (None: decode); rank 0 builds a missing one
+    (decoding in the training's workers) while the other ranks wait, then every rank reads it."""
+    if settings.image_cache != "uint8" or data.split.image_paths is None or data.preprocess is None:
+        return None
+    if data.image_cache is None:
+        raise ValueError("train.image_cache: uint8 needs the run directory's images/ (TrainData.image_cache)")
+    args = (data.split, data.preprocess, data.image_cache, settings.jpeg_draft, settings.workers())
+    if ranks.is_main:
+        image_cache(*args)
+    ranks.barrier()
+    return image_cache(*args, build=False)
 
 
 @dataclass
@@ -262,12 +281,12 @@ class _Step:
             batch.image_features = self.frozen[0].take(batch.image_index)
         if self.frozen[1] is not None:
             batch.text_features = self.frozen[1].take(batch.caption_index)
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)  # from pinned memory on CUDA (see training_loader)
         with autocast(self.device, self.settings.bf16):
-            out = _gathered(self.model(batch), self.ranks)
-            keys = _gathered(self.memory.keys(batch, out, self.model.training), self.ranks) if self.memory else None
             whole = Batch(image_index=gather_rows(batch.image_index, self.ranks),
                           caption_index=gather_rows(batch.caption_index, self.ranks))
+            out = _forward(self.model, batch, whole, self.ranks)
+            keys = _gathered(self.memory.keys(batch, out, self.model.training), self.ranks) if self.memory else None
             ctx = self.context if self.memory is None else replace(self.context, queued=self.memory.queued(),
                                                                     bank=self.memory.bank)
             total, parts = self.objective(out, whole, ctx)
@@ -287,6 +306,16 @@ class _Step:
             self.memory.update(self.model, keys, whole.image_index, whole.caption_index)
         parts["total"] = float(total.detach())
         return parts
+
+
+def _forward(model: nn.Module, batch: Batch, whole: Batch, ranks: Ranks) -> dict[str, torch.Tensor]:
+    """The model's outputs for the global batch `whole` (this rank's share: `batch`). A model that scores
+    pairs across its two sides (the teacher: `encode_batch`, then `score_batch`) is run to its encoded
+    sides; these are gathered (each rank's own rows keep their gradient) and scored on the global batch."""
+    if ranks.world > 1 and hasattr(model, "score_batch"):
+        sides = {k: gather_rows(v, ranks) for k, v in model.encode_batch(batch).items()}
+        return model.score_batch(sides, whole.image_index)
+    return _gathered(model(batch), ranks)
 
 
 def _gathered(out: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ from core.run_layout import RunPaths
 from distill.terms import uses_teacher
 from distill.variants import variant_config
 from eval.examples import teacher_pairs as example_pairs
+from eval.metrics import scored_folds
 
 GIB = 2**30
 RUN = RunPaths(".")  # paths relative to the run directory, as plans name what a stage reads and writes
@@ -272,7 +273,10 @@ def _training(stage: StagePlan, model_cfg: TeacherConfig | StudentConfig, size: 
     val_tokens = (val.images * size.image_tokens + val.captions * words) * dim * 4 if teacher else 0
     stage.memory["validation"] = val.images * val.captions * 4 * 2 + val_tokens + (val.images + val.captions) * dim * 4
     stage.knobs["validation"] = "data.limit_val"
-    steps = train.captions // b
+    steps = (train.images if t.sampling == "image" else train.captions) // b  # train.sampling: image visits each image once
+    if t.image_cache == "uint8" and not size.image_frozen and model_cfg.image_tower.kind != "features":
+        side = model_cfg.image_tower.image_size or 224
+        stage.disk_bytes += train.images * side * side * 3  # the uint8 image cache (one per preprocessing: at most this)
     stage.teacher_pairs += (t.epochs * steps * b * b + t.epochs * val.images * val.captions) if teacher else 0
     kept = t.keep_checkpoints + 2
     stage.disk_bytes += runs * (kept * 12 * size.trainable + 4 * (size.trainable + size.frozen))
@@ -364,8 +368,12 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
         # teacher and student (4 bytes each), re-ranking's i2t and t2i copies (8 each), the metrics' temporaries
         s.memory = {"score matrices": matrix * 32, "scoring block": block + chunk}
         s.knobs = {"score matrices": f"data.limit_{cfg.eval.split}", "scoring block": "scores.block_gib"}
-        s.teacher_pairs = matrix + sum(test.images * min(k, test.captions) + test.captions * min(k, test.images)
-                                       for k in cfg.eval.rerank_k) + example_pairs(test.images, test.captions)
+        # the teacher scores each scored protocol's diagonal blocks (the whole matrix when folds 1 is listed),
+        # re-ranks each K within each fold of every protocol, and scores the examples' pairs
+        blocks = sum(f * (test.images // f) * (test.captions // f) for f in scored_folds(cfg.eval.protocols))
+        rerank = sum(test.images * min(k, test.captions // f) + test.captions * min(k, test.images // f)
+                     for f in cfg.eval.protocols for k in cfg.eval.rerank_k)
+        s.teacher_pairs = blocks + rerank + example_pairs(test.images, test.captions)
         s.disk_bytes = (test.images * teacher.image_tokens + test.captions * words) * (d * token_item + 1)
     elif name == "bench":
         s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.export, "/"), cfg.eval.split], [_name(RUN.bench.parent, "/")])

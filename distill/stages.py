@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import Config
+from core.config import Config, TextTowerConfig
 from core.data.karpathy import read_karpathy
 from core.data.loading import image_loader
 from core.data.precomputed import read_precomputed
@@ -19,14 +19,14 @@ from core.data.records import CaptionSplit
 from core.data.synthetic import IMAGE_DIR, JSON_NAME, generate
 from core.data.validate import CheckCache
 from core.devices import resolve_device
-from core.distributed import Ranks, local_device, ranks_from_env
+from core.distributed import RUN_DIR_SHARED, Ranks, all_see, local_device, ranks_from_env
 from core.io import read_json, sha256_file, sha256_json, write_json
 from core.precision import precision
 from core.ranking import top_k_ids
 from core.run_layout import ModelDir, RunPaths, stamp, up_to_date
 from core.schema import stage_key, to_dict
 from core.seeding import seed_everything
-from core.towers.frozen import Frozen, frozen_for
+from core.towers.frozen import NODE_FEATURES, Frozen, frozen_for
 from distill.first_stage import RUN_STUDENTS, first_stage
 from distill.loop import Recipe, RunSpec, TrainData, fit
 from distill.models import feature_dim, load_model, new_model, save_model_info, text_source
@@ -39,7 +39,7 @@ from eval.clip_benchmark import write_clip_benchmark
 from eval.ensemble import fit_ensemble
 from eval.evaluate import student_sims, teacher_split_metrics
 from eval.examples import ExampleCollector
-from eval.metrics import retrieval_metrics
+from eval.metrics import check_folds, retrieval_metrics
 from eval.records import EvalResults, SystemResult
 from eval.report import write_report
 from eval.systems import onnx_result, rerank_results, student_result, teacher_result
@@ -136,49 +136,85 @@ def check_disjoint(splits: dict[str, CaptionSplit]) -> None:
 def stage_teacher_fit(cfg: Config, force: bool = False, resume: bool = False) -> Path:
     """Fit the teacher with the VSE++ hinge; keeps the best validation epoch. `resume` continues an
     interrupted fit from its latest checkpoint. With `teacher.ensemble`, then each member and the
-    ensemble's weights (returns the ensemble's directory)."""
+    ensemble's weights (returns the ensemble's directory). Under torchrun each rank encodes its share
+    of every global batch, the encoded sides are gathered and scored on the global batch; rank 0
+    validates and writes."""
     require(cfg, "teacher fit")
-    out = _fit_teacher(cfg, force, resume)
-    return _fit_ensemble(cfg, force) if cfg.teacher.ensemble else out
+    device = resolve_device(cfg.device)
+    ranks = ranks_from_env(backend=training_backend(device), run_dir=cfg.run_dir)
+    device = local_device(device)
+    out = _fit_teacher(cfg, force, resume, device, ranks)
+    return _fit_ensemble(cfg, force, device, ranks) if cfg.teacher.ensemble else out
 
 
-def _fit_teacher(cfg: Config, force: bool, resume: bool = False) -> Path:
-    """Fit the single teacher `cfg.teacher` describes into the run's `teacher/`."""
+def training_backend(device: torch.device) -> str:
+    """The process group a torchrun training joins: NCCL on CUDA, gloo elsewhere."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def shared_text_source(paths: RunPaths, tower: TextTowerConfig, train: CaptionSplit, ranks: Ranks = Ranks()) -> str:
+    """`text_source`; under torchrun rank 0 builds a missing scratch text model before the other ranks read it."""
+    if ranks.is_main:
+        text_source(paths, tower, train)
+    ranks.barrier()
+    return text_source(paths, tower, train)
+
+
+def _fit_teacher(cfg: Config, force: bool, resume: bool = False, device: torch.device | None = None,
+                 ranks: Ranks = Ranks()) -> Path:
+    """Fit the single teacher `cfg.teacher` describes into the run's `teacher/` (sharded over `ranks`)."""
     paths, out = RunPaths(cfg.run_dir), RunPaths(cfg.run_dir).teacher
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     key = {"data": train.fingerprint(), "teacher": stage_key(cfg.teacher), "seed": cfg.seed}
     if not force and up_to_date(out, key):
         log.info("teacher is up to date (%s)", out)
         return out
-    device = resolve_device(cfg.device)
-    text_model = text_source(paths, cfg.teacher.text_tower, train)
+    device = device or resolve_device(cfg.device)
+    text_model = shared_text_source(paths, cfg.teacher.text_tower, train, ranks)
     seed_everything(cfg.seed)
     teacher = new_model("teacher", cfg.teacher, text_model, feature_dim(train))
-    out.mkdir(parents=True, exist_ok=True)
-    save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)
     pre, bs = teacher.image_tower.preprocess(), cfg.eval.batch_size
-    frozen_val = frozen_for(teacher, val, paths.features, bs, device)
+    frozen_val = frozen_for(teacher, val, paths.features, bs, device) if ranks.is_main else (None, None)
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         return teacher_split_metrics(model, val, pre, bs, device, False, frozen_val)[0]
 
     recipe = Recipe(teacher_objective(cfg.teacher), lr_scales={"image_tower": cfg.teacher.image_tower.lr_scale,
                                                                "text_tower": cfg.teacher.text_tower.lr_scale})
-    data = TrainData(train, pre, frozen_for(teacher, train, paths.features, bs, device))
-    run = RunSpec(out, cfg.seed, device, identity=sha256_json(key), resume=resume, desc="teacher")
+    data = TrainData(train, pre, frozen_shared(teacher, train, paths.features, bs, device, ranks), paths.images)
+    run = RunSpec(out, cfg.seed, device, ranks, identity=sha256_json(key), resume=resume, desc="teacher")
+    if ranks.is_main and ranks.world > 1:
+        log.info("teacher: fitting over %d torchrun ranks, %d pairs of each global batch of %d per rank", ranks.world,
+                 cfg.teacher.train.batch_size // ranks.world, cfg.teacher.train.batch_size)
     result = fit(teacher, recipe, data, cfg.teacher.train, run, evaluate)
-    log.info("teacher: epoch %d selected, val rsum %.1f", result.selected_epoch, result.selected_metrics.get("rsum", float("nan")))
-    stamp(out, key)
+    if ranks.is_main:
+        log.info("teacher: epoch %d selected, val rsum %.1f", result.selected_epoch,
+                 result.selected_metrics.get("rsum", float("nan")))
+        stamp(out, key)
+    ranks.barrier()  # every rank sees the stamp before it goes on
     return out
 
 
-def _fit_ensemble(cfg: Config, force: bool) -> Path:
+def _fit_ensemble(cfg: Config, force: bool, device: torch.device | None = None, ranks: Ranks = Ranks()) -> Path:
     """Fit the members of the ensemble `teacher.ensemble` names (each at the run's seed, in its own run
-    directory) and choose each one's standardisation and weight on the selection split (val)."""
-    paths, name = RunPaths(cfg.run_dir), cfg.teacher.ensemble
-    members = cfg.experiment.teacher_ensembles[name]
+    directory, sharded over `ranks`) and choose each one's standardisation and weight on the selection
+    split (val), on rank 0 while the other ranks wait."""
+    members = cfg.experiment.teacher_ensembles[cfg.teacher.ensemble]
     configs = [variant_run(cfg, m, cfg.seed) for m in members]
-    checkpoints = [ModelDir(_fit_teacher(c, force)).weights for c in configs]
+    checkpoints = [ModelDir(_fit_teacher(c, force, device=device, ranks=ranks)).weights for c in configs]
+    if ranks.is_main:
+        _ensemble_weights(cfg, force, members, configs, checkpoints, device or resolve_device(cfg.device))
+    ranks.barrier()
+    return RunPaths(cfg.run_dir).teacher_ensemble
+
+
+def _ensemble_weights(cfg: Config, force: bool, members: list[str], configs: list[Config], checkpoints: list[Path],
+                      device: torch.device) -> Path:
+    """The ensemble's weights from its fitted members' scores of val (`_fit_ensemble`)."""
+    paths, name = RunPaths(cfg.run_dir), cfg.teacher.ensemble
     val = load_split(cfg, "val")
     key = {"ensemble": name, "data": val.fingerprint(), "step": ENSEMBLE_STEP,
            "members": {m: sha256_file(c) for m, c in zip(members, checkpoints, strict=True)}}
@@ -186,7 +222,6 @@ def _fit_ensemble(cfg: Config, force: bool) -> Path:
     if not force and up_to_date(out, key):
         log.info("teacher ensemble %s is up to date (%s)", name, out)
         return out
-    device = resolve_device(cfg.device)
     sims = []
     for member in configs:
         teacher, store = _single_tokens(member, "val", val, device)
@@ -219,10 +254,25 @@ def _cache_identity(cfg: Config, split: CaptionSplit) -> dict[str, Any]:
 
 def frozen_shared(model: torch.nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
                   ranks: Ranks = Ranks()) -> Frozen:
-    """Frozen-tower outputs; rank 0 computes a missing cache before the other ranks read it."""
-    frozen = frozen_for(model, split, root, batch_size, device) if ranks.is_main else None
+    """Frozen-tower outputs; rank 0 computes a missing cache before the other ranks read it. Under
+    torchrun with $ITR_DISTILL_NODE_FEATURES set, the cache lives in that (node-local) directory
+    instead of `root`, and each machine's local rank 0 computes its own copy."""
+    node_local = os.environ.get(NODE_FEATURES) if ranks.world > 1 else None
+    if node_local:
+        root, builds = Path(node_local), ranks.local_rank == 0
+        writer, need = "local rank 0 of its node", f"${NODE_FEATURES} must name the same directory for every rank of a node"
+    else:
+        builds, writer, need = ranks.is_main, "rank 0", RUN_DIR_SHARED
+    frozen = frozen_for(model, split, root, batch_size, device) if builds else None
     ranks.barrier()
-    return frozen if frozen is not None else frozen_for(model, split, root, batch_size, device)
+    missing = None
+    if not builds:
+        try:
+            frozen = frozen_for(model, split, root, batch_size, device, build=False)
+        except FileNotFoundError as exc:
+            missing = Path(exc.filename)
+    all_see(missing, ranks, writer, need)
+    return frozen
 
 
 def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
@@ -280,7 +330,7 @@ def stage_teacher_tokens(cfg: Config, which: str = "train", force: bool = False)
     """Build (or check) the teacher's token store of a split; shards the encoding under torchrun."""
     require(cfg, f"teacher tokens {which}")
     device = local_device(resolve_device(cfg.device))
-    teacher_tokens(cfg, which, load_split(cfg, which), device, ranks_from_env(), force)
+    teacher_tokens(cfg, which, load_split(cfg, which), device, ranks_from_env(run_dir=cfg.run_dir), force)
     return RunPaths(cfg.run_dir).teacher_tokens(which)
 
 
@@ -321,7 +371,7 @@ def stage_teacher_topk(cfg: Config, which: str = "train", force: bool = False) -
     if k <= 0:
         raise ValueError("scores.top_k is 0: set it (e.g. --set scores.top_k=100) to build a top-K cache")
     require(cfg, f"teacher score {which}-topk")
-    paths, ranks = RunPaths(cfg.run_dir), ranks_from_env()
+    paths, ranks = RunPaths(cfg.run_dir), ranks_from_env(run_dir=cfg.run_dir)
     split = load_split(cfg, which)
     if k > min(split.n_images, split.n_captions):
         raise ValueError(f"scores.top_k={k} exceeds the split '{which}' ({split.n_images} images, "
@@ -418,7 +468,8 @@ def stage_eval(cfg: Config) -> EvalResults:
     paths = RunPaths(cfg.run_dir)
     split = load_split(cfg, cfg.eval.split)
     device = resolve_device(cfg.device)
-    bs, folds = cfg.eval.batch_size, cfg.eval.folds
+    bs, folds = cfg.eval.batch_size, cfg.eval.protocols
+    check_folds(split.n_images, folds, cfg.eval.split)  # before any scoring
     systems: list[SystemResult] = []
     examples = ExampleCollector(split, cfg.seed)
     teacher = None

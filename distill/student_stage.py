@@ -26,9 +26,16 @@ from distill.lexical import LexicalLabels
 from distill.loop import Recipe, RunSpec, TrainData, fit
 from distill.losses import calibrated_list_temperature, calibrated_teacher_temperature
 from distill.memory import EmbeddingBank, Memory, MomentumEncoder, PairQueues
-from distill.models import feature_dim, new_model, save_model_info, text_source
+from distill.models import feature_dim, new_model, save_model_info
 from distill.plan import kd_source, require
-from distill.stages import frozen_shared, load_split, teacher_hash, teacher_tokens, topk_identity_for
+from distill.stages import (
+    frozen_shared,
+    load_split,
+    shared_text_source,
+    teacher_hash,
+    teacher_tokens,
+    topk_identity_for,
+)
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.variants import variant_config
 from eval.evaluate import metrics_for, student_sims
@@ -136,7 +143,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     paths = RunPaths(cfg.run_dir)
     out = paths.student(variant, seed)
     device = resolve_device(cfg.device)
-    ranks = ranks_from_env(backend="nccl" if device.type == "cuda" else "gloo")
+    ranks = ranks_from_env(backend="nccl" if device.type == "cuda" else "gloo", run_dir=cfg.run_dir)
     device = local_device(device)
     require(cfg, f"distill {variant}")
     student_cfg = variant_config(cfg, variant)
@@ -147,7 +154,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
         log.info("student %s is up to date (%s)", out.name, out)
         return out
     student_cfg, context = _teacher_context(cfg, student_cfg, paths, train, device, ranks)
-    text_model = text_source(paths, student_cfg.text_tower, train)
+    text_model = shared_text_source(paths, student_cfg.text_tower, train, ranks)
     seed_everything(seed)
     student = new_model("student", student_cfg, text_model, feature_dim(train))
     objective = student_objective(student_cfg)
@@ -166,7 +173,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     recipe = Recipe(objective, context, _memory(student_cfg, student, train, frozen, bs, device),
                     lr_scales={"image_tower": student_cfg.image_tower.lr_scale, "text_tower": student_cfg.text_tower.lr_scale})
     run = RunSpec(out, seed, device, ranks, identity=sha256_json(key), resume=resume, desc=f"student {out.name}")
-    result = fit(student, recipe, TrainData(train, pre, frozen), student_cfg.train, run, evaluate)
+    result = fit(student, recipe, TrainData(train, pre, frozen, paths.images), student_cfg.train, run, evaluate)
     if ranks.is_main:
         log.info("student %s: epoch %d selected, val rsum %.1f", out.name, result.selected_epoch,
                  result.selected_metrics.get("rsum", float("nan")))

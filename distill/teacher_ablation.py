@@ -61,7 +61,8 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
             teacher = load_model(out, device)
             frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
             metrics, scored = teacher_split_metrics(teacher, split, teacher.image_tower.preprocess(),
-                                                    cfg.eval.batch_size, device, False, frozen, cfg.eval.folds)
+                                                    cfg.eval.batch_size, device, False, frozen,
+                                                    cfg.eval.protocols[0])  # the table's protocol
             per_seed.append(SystemResult(f"{name}-seed{seed}", name, seed, metrics, matching=teacher.label, scored=scored))
             training = read_json(ModelDir(out).training)
             chosen = next(h for h in training["history"] if h["epoch"] == training["selected_epoch"])
@@ -109,7 +110,7 @@ def _ensemble_row(cfg: Config, name: str, seeds: list[int], split: CaptionSplit,
                               selection_split.captions_per_image)
         sims = chosen.combine([variant_scores(cfg, m, seed, split, device) for m in members])
         per_seed.append(SystemResult(f"{name}-seed{seed}", name, seed,
-                                     retrieval_metrics(sims, split.captions_per_image, cfg.eval.folds)))
+                                     retrieval_metrics(sims, split.captions_per_image, cfg.eval.protocols[0])))
         selection.append({"weights": dict(zip(members, chosen.weights, strict=True)), "rsum": chosen.selection_rsum})
         log.info("teacher ensemble %s seed %d: weights %s, rsum %.1f", name, seed, selection[-1]["weights"],
                  per_seed[-1].rsum)

@@ -1,6 +1,8 @@
 """Evaluate any scorer on a split: the teacher, the PyTorch student, or the exported ONNX student."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -8,12 +10,12 @@ from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
 from core.progress import progress
 from core.towers.frozen import NOT_FROZEN, Frozen
-from eval.metrics import retrieval_metrics
+from eval.metrics import block_metrics, metrics_by_folds, protocols, retrieval_metrics, scored_folds
 from eval.rerank import rerank_metrics
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
-from teacher.scoring import Side, Teacher, candidate_scorer, global_sims, score_all
+from teacher.scoring import Side, Teacher, candidate_scorer, diagonal_scores, global_sims
 from teacher.scoring import encode_split as teacher_encode
 
 
@@ -26,15 +28,27 @@ def student_sims(model: DualEncoder, split: CaptionSplit, preprocess: ImagePrepr
 def teacher_metrics(teacher: Teacher, images: Side, captions: Side,
                     split: CaptionSplit, folds: int = 1, block_gib: float = 0.5, bf16: bool = False,
                     progress: bool = True) -> tuple[dict[str, float], str]:
-    """The teacher's metrics on a split from its encoded (or stored) tokens, and how its pairs were
-    scored: every pair, or, for a cross-encoder with `cross.eval_top_k`, each query's top-K by the
-    teacher's global score re-ranked by its full score (a forward per pair does not fit every pair)."""
-    k = teacher.eval_top_k
+    """The teacher's metrics on a split under one protocol (`teacher_metrics_by_folds`)."""
+    by_folds, scored = teacher_metrics_by_folds(teacher, images, captions, split, [folds], block_gib, bf16, progress)
+    return by_folds[folds], scored
+
+
+def teacher_metrics_by_folds(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit,
+                             folds: int | Sequence[int], block_gib: float = 0.5, bf16: bool = False,
+                             progress: bool = True) -> tuple[dict[int, dict[str, float]], str]:
+    """The teacher's metrics on a split from its encoded (or stored) tokens under every protocol of
+    `folds`, and how its pairs were scored: every pair, or, for a cross-encoder with `cross.eval_top_k`,
+    each query's top-K by the teacher's global score re-ranked by its full score (a forward per pair
+    does not fit every pair). Every pair means every pair a protocol ranks: the whole matrix once
+    when 1 is listed, else only each fold's own block (`eval.metrics.scored_folds`: COCO 1K scores
+    five 1K x 5K blocks, a fifth of the 5K x 25K matrix)."""
+    k, cpi = teacher.eval_top_k, split.captions_per_image
     if not k:
-        sims = score_all(teacher, images, captions, block_gib, progress, bf16)
-        return metrics_for(sims, split, folds), "every pair"
-    scorer = candidate_scorer(teacher, images, captions, bf16)
-    return (rerank_metrics(global_sims(images, captions), scorer, k, split.captions_per_image, folds),
+        blocks = {f: list(diagonal_scores(teacher, images, captions, f, cpi, block_gib, progress, bf16))
+                  for f in scored_folds(folds)}
+        return block_metrics(blocks, cpi, folds), "every pair"
+    scorer, first = candidate_scorer(teacher, images, captions, bf16), global_sims(images, captions)
+    return ({f: rerank_metrics(first, scorer, k, cpi, f) for f in protocols(folds)},
             f"top-{k} of its global score, re-ranked")
 
 
@@ -78,3 +92,8 @@ def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndar
 
 def metrics_for(sims: np.ndarray, split: CaptionSplit, folds: int = 1) -> dict[str, float]:
     return retrieval_metrics(sims, split.captions_per_image, folds)
+
+
+def metrics_for_folds(sims: np.ndarray, split: CaptionSplit, folds: int | Sequence[int]) -> dict[int, dict[str, float]]:
+    """The metrics of a whole matrix (a student's, an ONNX variant's: cheap) under every protocol of `folds`."""
+    return metrics_by_folds(sims, split.captions_per_image, folds)

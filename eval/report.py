@@ -13,7 +13,7 @@ from eval.ablation_table import to_markdown as ablation_markdown
 from eval.bench_tables import scaling_markdown
 from eval.example_figures import write_example_figures
 from eval.figures import accuracy_vs_latency, latency_vs_gallery, training_curves
-from eval.metrics import TABLE_KEYS
+from eval.metrics import TABLE_KEYS, protocols
 from eval.records import EvalResults, SystemResult
 
 GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
@@ -56,6 +56,8 @@ def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
     for group in sorted(groups, key=_order):
         entries = groups[group]
         values = {k: [e.metrics[k] for e in entries] for k in entries[0].metrics}
+        others = {str(f): _mean_std([e.by_folds[f] for e in entries]) for f in results.folds[1:]
+                  if all(e.by_folds and f in e.by_folds for e in entries)}
         onnx = group.startswith("onnx-")
         backend = "onnxruntime" if onnx else "pytorch"
         system = group if group == "teacher" or group.startswith("rerank-") else "student"
@@ -70,6 +72,8 @@ def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
             "latency_backend": f"{backend} {latency['device']}" if latency else None,
             "speedup_vs_teacher": (teacher_row["p50_ms"] / latency["p50_ms"]) if latency and teacher_row else None,
         }
+        if others:  # the protocols after the first (`eval.folds: [1, 5]`), keyed by their folds
+            row["by_folds"] = others
         rows.append(row)
     by_group = {r["group"]: r for r in rows}
     checks = {}
@@ -89,6 +93,39 @@ def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
             "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
             [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
             "scaling": bench.get("scaling"), "matrix": bench.get("matrix")}
+
+
+def _mean_std(metrics: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and std over seeds of each metric of one protocol."""
+    return {"mean": {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]},
+            "std": {k: float(np.std([m[k] for m in metrics])) for k in metrics[0]}}
+
+
+def protocol_label(folds: int, n_images: int) -> str:
+    """How a table names a protocol: '5K (all pairs)', 'COCO 1K (5 folds)', '8 images (2 folds)'."""
+    size = n_images // folds
+    name = f"{size // 1000}K" if size and size % 1000 == 0 else f"{size} images"
+    if folds == 1:
+        return f"{name} (all pairs)"
+    return f"{'COCO ' if (folds, n_images) == (5, 5000) else ''}{name} ({folds} folds)"
+
+
+def _protocol_lines(summary: dict) -> list[str]:
+    """A compact table per protocol after the first: the recalls and rsum of every system under it."""
+    lines = []
+    for folds in protocols(summary["folds"])[1:]:
+        rows = [r for r in summary["systems"] if str(folds) in r.get("by_folds", {})]
+        if not rows:
+            continue
+        lines += ["", f"### {protocol_label(folds, summary['gallery_images'])}", "",
+                  "| System | seeds | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 | rsum |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            seeds = ",".join(str(s) for s in row["seeds"] if s is not None) or "-"
+            lines.append(f"| {row['label']} | {seeds} | "
+                         + " | ".join(_fmt({**row["by_folds"][str(folds)], "seeds": row["seeds"]}, k)
+                                      for k in TABLE_KEYS) + " |")
+    return lines
 
 
 def _rerank_checks(by_group: dict[str, dict], bench: dict) -> dict[str, bool]:
@@ -160,12 +197,18 @@ def _fmt(row: dict, key: str) -> str:
     return f"{mean:.1f} ± {std:.1f}" if len(row["seeds"]) > 1 else f"{mean:.1f}"
 
 
+def _protocols_text(summary: dict) -> str:
+    """The header's protocols: the main table's first, then the others' tables."""
+    listed = [protocol_label(f, summary["gallery_images"]) for f in protocols(summary["folds"])]
+    return listed[0] + (f"; further tables: {', '.join(listed[1:])}" if len(listed) > 1 else "")
+
+
 def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = None) -> str:
     lines = [
         "# itr-distill report",
         "",
         f"Split: `{summary['split']}` ({summary['gallery_images']} images, {summary['captions_per_image']} captions each), "
-        f"{'COCO 1K 5-fold' if summary['folds'] == 5 else 'all pairs'}. Students: mean ± std over seeds.",
+        f"{_protocols_text(summary)}. Students: mean ± std over seeds.",
         "Latency: one text query against the whole split's gallery (features precomputed), p50. ONNX variants are "
         "evaluated with the CPU provider; each is timed only on the providers it is built for (fp16: CUDA).",
         "",
@@ -178,6 +221,7 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
         speed = f"{row['speedup_vs_teacher']:.1f}x" if row["speedup_vs_teacher"] is not None else "-"
         lines.append(f"| {row['label']} | {seeds} | " + " | ".join(_fmt(row, k) for k in TABLE_KEYS)
                      + f" | {latency} | {speed} |")
+    lines += _protocol_lines(summary)
     if summary["caption_encoding"]:
         lines += ["", "Batch-1 caption encoding (student):", "",
                   "| backend | variant | device | p50 ms | p95 ms |", "|---|---|---|---|---|"]

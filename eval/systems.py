@@ -7,37 +7,44 @@ from typing import Any
 import numpy as np
 
 from core.data.records import CaptionSplit
-from eval.evaluate import metrics_for, onnx_sims, teacher_metrics
+from eval.evaluate import metrics_for_folds, onnx_sims, teacher_metrics_by_folds
+from eval.metrics import protocols
 from eval.records import OnnxParity, SystemResult
 from eval.rerank import rerank_metrics, with_first_stage
 from teacher.scoring import Side, Teacher, candidate_scorer
 
+Folds = int | list[int]  # `eval.folds`: one protocol or several, the first the one `SystemResult.metrics` holds
 
-def teacher_result(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit, seed: int, folds: int,
+
+def teacher_result(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit, seed: int, folds: Folds,
                    block_gib: float, bf16: bool, token_dtype: str) -> SystemResult:
-    metrics, scored = teacher_metrics(teacher, images, captions, split, folds, block_gib, bf16)
-    return SystemResult("teacher", "teacher", seed, metrics, matching=teacher.label, scored=scored,
-                        token_dtype=token_dtype)
+    by_folds, scored = teacher_metrics_by_folds(teacher, images, captions, split, folds, block_gib, bf16)
+    return SystemResult.of_folds("teacher", "teacher", seed, by_folds, matching=teacher.label, scored=scored,
+                                 token_dtype=token_dtype)
 
 
-def student_result(name: str, info: dict[str, Any], sims: np.ndarray, split: CaptionSplit, folds: int) -> SystemResult:
+def student_result(name: str, info: dict[str, Any], sims: np.ndarray, split: CaptionSplit, folds: Folds) -> SystemResult:
     """A student from its similarity matrix; `info` is its `model.json` (variant, seed, loss terms)."""
-    return SystemResult(name, info["variant"], info["seed"], metrics_for(sims, split, folds), losses=info["losses"])
+    return SystemResult.of_folds(name, info["variant"], info["seed"], metrics_for_folds(sims, split, folds),
+                                 losses=info["losses"])
 
 
 def rerank_results(student: SystemResult, sims: np.ndarray, teacher: Teacher, images: Side, captions: Side,
-                   split: CaptionSplit, ks: list[int], student_weight: float, folds: int, bf16: bool) -> list[SystemResult]:
-    """The teacher re-ranking the student's top-K (per K), fused with `student_weight` x the student's score."""
+                   split: CaptionSplit, ks: list[int], student_weight: float, folds: Folds, bf16: bool) -> list[SystemResult]:
+    """The teacher re-ranking the student's top-K (per K), fused with `student_weight` x the student's score;
+    under each protocol the teacher re-ranks within each fold's block."""
     fused = with_first_stage(candidate_scorer(teacher, images, captions, bf16), sims, student_weight)
-    return [SystemResult(f"rerank-top{k}", f"rerank-top{k}", student.seed,
-                         rerank_metrics(sims, fused, k, split.captions_per_image, folds), k=k, source=student.name,
-                         student_weight=student_weight) for k in ks]
+    return [SystemResult.of_folds(f"rerank-top{k}", f"rerank-top{k}", student.seed,
+                                  {f: rerank_metrics(sims, fused, k, split.captions_per_image, f) for f in protocols(folds)},
+                                  k=k, source=student.name, student_weight=student_weight) for k in ks]
 
 
-def onnx_result(export_dir: str, variant: str, split: CaptionSplit, batch_size: int, folds: int, source: str,
+def onnx_result(export_dir: str, variant: str, split: CaptionSplit, batch_size: int, folds: Folds, source: str,
                 pytorch: SystemResult | None, r1_drop_bound: float) -> SystemResult:
-    """An ONNX variant, compared with the PyTorch student it was exported from when that was evaluated."""
-    metrics = metrics_for(onnx_sims(export_dir, split, batch_size, variant), split, folds)
+    """An ONNX variant, compared (under the first protocol) with the PyTorch student it was exported from
+    when that was evaluated."""
+    by_folds = metrics_for_folds(onnx_sims(export_dir, split, batch_size, variant), split, folds)
+    metrics = next(iter(by_folds.values()))
     parity = None if pytorch is None else OnnxParity.compare(metrics, pytorch.metrics, r1_drop_bound)
-    return SystemResult(f"onnx-{variant}", f"onnx-{variant}", None, metrics, source=source, variant=variant,
-                        parity=parity)
+    return SystemResult.of_folds(f"onnx-{variant}", f"onnx-{variant}", None, by_folds, source=source, variant=variant,
+                                 parity=parity)

@@ -125,13 +125,31 @@ class ScanTeacher(TwoTowerModel):
     def forward(self, batch) -> dict[str, torch.Tensor]:
         """SCAN / IMRAM: {"sims": every pair of the batch}. Cross-encoder: {"sims": the global score of
         every pair (its first stage), "lists_i2t" / "lists_t2i": full scores (B, 1 + k) of each image's
-        and each caption's positive (first) and hardest in-batch negatives, -inf where no negative was left}."""
+        and each caption's positive (first) and hardest in-batch negatives, -inf where no negative was left}.
+        The same as `score_batch(encode_batch(batch), batch.image_index)`."""
+        return self.score_batch(self.encode_batch(batch), batch.image_index)
+
+    def encode_batch(self, batch) -> dict[str, torch.Tensor]:
+        """The batch's encoded sides as rows (one per pair of the batch): {img,txt}_{tokens,mask} and, with
+        a global term, {img,txt}_pooled. Under torchrun the training loop gathers these rows of every
+        rank and scores the global batch with `score_batch`."""
         image, text = self.tower_outputs(batch)
-        images, captions = self.images_from(image), self.captions_from(text)
+        out = {}
+        for prefix, side in (("img", self.images_from(image)), ("txt", self.captions_from(text))):
+            out.update({f"{prefix}_tokens": side.tokens, f"{prefix}_mask": side.mask})
+            if side.pooled is not None:
+                out[f"{prefix}_pooled"] = side.pooled
+        return out
+
+    def score_batch(self, sides: dict[str, torch.Tensor], image_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`forward`'s outputs from the encoded sides of a batch (`encode_batch`) whose rows show
+        `image_index`."""
+        images, captions = (EncodedSide(sides[f"{p}_tokens"], sides[f"{p}_mask"], sides.get(f"{p}_pooled"))
+                            for p in ("img", "txt"))
         if self.cfg.matching != "cross":
             return {"sims": self.score(images, captions)}
         first = images.pooled @ captions.pooled.T
-        by_image, by_caption = hard_lists(first, batch.image_index, self.cfg.cross.negatives)
+        by_image, by_caption = hard_lists(first, image_index, self.cfg.cross.negatives)
         own = torch.arange(len(first), device=first.device)[:, None]
         return {"sims": first, "lists_i2t": self._list_scores(images, captions, own, by_image, first),
                 "lists_t2i": self._list_scores(images, captions, by_caption, own, first)}

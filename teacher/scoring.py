@@ -1,6 +1,8 @@
 """Scoring a split with the teacher: every image-caption pair, or each query's candidates."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -69,6 +71,36 @@ def score_all(teacher: Teacher, images: Side, captions: Side,
                 raise FloatingPointError(f"teacher scores of images {i}.. x captions {c}.. are not all finite")
             out[i:i + img_rows, c:c + cap_rows] = scores
     return out
+
+
+def side_rows(side: Side, start: int, stop: int) -> Side:
+    """Rows start:stop of a side, still a side of the same kind: a token store's rows stay memory-mapped
+    (read a scoring block at a time, as the whole store's are), encoded tokens are a view."""
+    if isinstance(side, StoredSide):
+        return StoredSide(side.tokens[start:stop], side.mask[start:stop],
+                          None if side.pooled is None else side.pooled[start:stop], side.device)
+    if isinstance(side, EnsembleSide):
+        return EnsembleSide([side_rows(m, start, stop) for m in side.members])
+    return side[start:stop]
+
+
+def diagonal_scores(teacher: Teacher, images: Side, captions: Side, folds: int, captions_per_image: int,
+                    block_gib: float = 0.5, progress: bool = True, bf16: bool = False) -> Iterator[np.ndarray]:
+    """`score_all` of each fold's own images x captions, fold by fold: the diagonal blocks of the
+    matrix (folds 5: five 1K x 5K blocks of COCO's 5K x 25K), all a fold protocol ranks; 1 fold is
+    the whole matrix. Caption j belongs to image j // captions_per_image."""
+    n_img = len(images)
+    if folds < 1 or n_img % folds or len(captions) != n_img * captions_per_image:
+        raise ValueError(f"{n_img} images ({len(captions)} captions) cannot be split into {folds} equal folds "
+                         f"of {captions_per_image} captions per image")
+    if folds == 1:
+        yield score_all(teacher, images, captions, block_gib, progress, bf16)
+        return
+    size = n_img // folds
+    for f in range(folds):
+        c0 = f * size * captions_per_image
+        yield score_all(teacher, side_rows(images, f * size, (f + 1) * size),
+                        side_rows(captions, c0, c0 + size * captions_per_image), block_gib, progress, bf16)
 
 
 def global_sims(images: EncodedSide | StoredSide, captions: EncodedSide | StoredSide) -> np.ndarray:

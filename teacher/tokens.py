@@ -29,7 +29,7 @@ import torch
 
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
-from core.distributed import Ranks
+from core.distributed import Ranks, shared_file
 from core.io import atomic_dir, read_json, read_npy, write_json
 from core.progress import progress as bar
 from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
@@ -139,7 +139,7 @@ def build_token_store(teacher: ScanTeacher, split: CaptionSplit, directory: str 
                 np.lib.format.open_memmap(partial / f"{side}_pooled.npy", "w+", dtype, (rows[side], dim))
     ranks.barrier()
     for side, tower_side, index in (("images", "image", 0), ("captions", "text", 1)):
-        arrays = {what: np.load(partial / f"{side}_{what}.npy", mmap_mode="r+")
+        arrays = {what: np.load(shared_file(partial / f"{side}_{what}.npy", ranks), mmap_mode="r+")
                   for what in ("tokens", "mask", "pooled") if what != "pooled" or pooled}
         encode = teacher.images_from if side == "images" else teacher.captions_from
         blocks = ranks.mine([range(s, min(rows[side], s + block_rows)) for s in range(0, rows[side], block_rows)])
@@ -167,7 +167,7 @@ def build_token_store(teacher: ScanTeacher, split: CaptionSplit, directory: str 
                                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         shutil.rmtree(partial)
     ranks.barrier()
-    return directory
+    return shared_file(directory / MANIFEST, ranks).parent
 
 
 def store_bytes(n_images: int, n_captions: int, image_tokens: int, caption_tokens: int, dim: int, dtype: str,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from core.distributed import Ranks
+from core.distributed import Ranks, shared_file
 from core.io import atomic_dir, atomic_path, read_json, read_npy, write_json
 from core.progress import progress as bar
 from teacher.cache import MANIFEST, ScoreCacheMismatch, mismatches
@@ -116,7 +116,7 @@ def build_topk_cache(directory: str | Path, identity: dict[str, Any], candidates
     if ranks.is_main:
         _prepare(partial, identity, candidates, fresh)
     ranks.barrier()
-    ids = {d: read_npy(partial / f"{d}_candidates.npy") for d in DIRECTIONS}
+    ids = {d: read_npy(shared_file(partial / f"{d}_candidates.npy", ranks)) for d in DIRECTIONS}
     n_images, n_captions = identity["shape"]
     expected_rows = {"t2i": n_captions, "i2t": n_images}
     for d in DIRECTIONS:

@@ -5,7 +5,7 @@ captions use the same words (the same objects, differently arranged) almost neve
 loss ever asks a model to bind attributes or read relations. `lexical` batching fills each batch
 with groups of images whose captions are lexically closest (cosine of hashed bag-of-words over
 all their captions), so those hard negatives are in the batch. Every caption is still visited
-exactly once per epoch.
+exactly once per epoch (with `train.sampling: image`, every image once, with one of its captions).
 """
 from __future__ import annotations
 
@@ -60,40 +60,58 @@ def lexical_caption_order(neighbours: np.ndarray, captions_per_image: int, group
     caption_perm = np.stack([rng.permutation(captions_per_image) for _ in range(n_img)])
     order: list[int] = []
     for rnd in range(captions_per_image):
-        used = np.zeros(n_img, dtype=bool)
-        groups: list[list[int]] = []
-        for seed in rng.permutation(n_img):
-            if used[seed]:
-                continue
-            group = [int(seed)]
-            used[seed] = True
-            for nb in neighbours[seed]:
-                if len(group) == group_size:
-                    break
-                if not used[nb]:
-                    group.append(int(nb))
-                    used[nb] = True
-            groups.append(group)
-        for g in rng.permutation(len(groups)):
-            order.extend(i * captions_per_image + int(caption_perm[i, rnd]) for i in groups[g])
+        order.extend(i * captions_per_image + int(caption_perm[i, rnd]) for i in _lexical_round(neighbours, group_size, rng))
     return np.asarray(order, dtype=np.int64)
 
 
+def lexical_image_order(neighbours: np.ndarray, captions_per_image: int, group_size: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Caption indices for one image-level epoch (`train.sampling: image`): every image once, in groups
+    of lexically close images as in one round of `lexical_caption_order`, each with one caption drawn
+    at random."""
+    caption = rng.integers(captions_per_image, size=len(neighbours))
+    return np.asarray([i * captions_per_image + int(caption[i]) for i in _lexical_round(neighbours, group_size, rng)],
+                      dtype=np.int64)
+
+
+def _lexical_round(neighbours: np.ndarray, group_size: int, rng: np.random.Generator) -> list[int]:
+    """Every image once: groups of a random seed image and its nearest neighbours still unused, in random order."""
+    n_img = len(neighbours)
+    used = np.zeros(n_img, dtype=bool)
+    groups: list[list[int]] = []
+    for seed in rng.permutation(n_img):
+        if used[seed]:
+            continue
+        group = [int(seed)]
+        used[seed] = True
+        for nb in neighbours[seed]:
+            if len(group) == group_size:
+                break
+            if not used[nb]:
+                group.append(int(nb))
+                used[nb] = True
+        groups.append(group)
+    return [i for g in rng.permutation(len(groups)) for i in groups[g]]
+
+
 class LexicalBatches:
-    """Batch sampler (an iterable of caption-index lists) for lexical hard-negative batching."""
+    """Batch sampler (an iterable of caption-index lists) for lexical hard-negative batching; `per_image`:
+    image-level epochs (`lexical_image_order`)."""
 
     def __init__(self, captions: Sequence[str], captions_per_image: int, batch_size: int, group_size: int,
-                 seed: int):
+                 seed: int, per_image: bool = False):
         k = captions_per_image
-        per_image = [captions[i:i + k] for i in range(0, len(captions), k)]
-        self.neighbours = nearest_neighbours(hashed_bow(per_image), group_size - 1)
-        self.k, self.batch_size, self.group_size = k, batch_size, group_size
+        per_image_captions = [captions[i:i + k] for i in range(0, len(captions), k)]
+        self.neighbours = nearest_neighbours(hashed_bow(per_image_captions), group_size - 1)
+        self.k, self.batch_size, self.group_size, self.per_image = k, batch_size, group_size, per_image
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return (len(self.neighbours) * self.k) // self.batch_size
+        return (len(self.neighbours) * (1 if self.per_image else self.k)) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = lexical_caption_order(self.neighbours, self.k, self.group_size, self.rng)
+        epoch_order = lexical_image_order if self.per_image else lexical_caption_order
+        order = epoch_order(self.neighbours, self.k, self.group_size, self.rng)
         for b in range(len(self)):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+

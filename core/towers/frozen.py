@@ -5,9 +5,14 @@ epoch (and for every model that shares the tower) is wasted work; on a CPU it is
 The outputs are stored as float16 memory-mapped arrays under a key made of the tower's weights,
 its input processing and the split's fingerprint, so the teacher and every student that freeze the
 same pretrained tower share one cache, and a changed tower or dataset never reuses a stale one.
+
+Under torchrun one process builds a missing cache while the others wait (`distill.stages.frozen_shared`):
+rank 0 into the run directory's `features/`, or with $ITR_DISTILL_NODE_FEATURES set, each
+machine's local rank 0 into that directory on its own disk.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,6 +29,8 @@ from core.data.records import CaptionSplit
 from core.io import atomic_dir, read_json, read_npy, sha256_json, write_json
 from core.progress import progress
 from core.towers.image import TokenOutput
+
+NODE_FEATURES = "ITR_DISTILL_NODE_FEATURES"  # a node-local directory for the caches every torchrun rank reads
 
 
 def cacheable(tower: nn.Module) -> bool:
@@ -101,14 +108,17 @@ def _cached(root: Path, key: dict, compute) -> FrozenOutputs:
     key = json.loads(json.dumps(key))  # as it reads back from the manifest (tuples become lists)
     directory = Path(root) / sha256_json(key)[:20]
     if not ((directory / "manifest.json").is_file() and read_json(directory / "manifest.json") == key):
+        if compute is None:
+            raise FileNotFoundError(errno.ENOENT, "no frozen-tower cache", str(directory / "manifest.json"))
         compute(directory)
     return _open(directory)
 
 
 @torch.no_grad()
 def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: ImagePreprocess | None, root: Path,
-                         batch_size: int, device: torch.device) -> FrozenOutputs:
-    """Image-trunk outputs for every image of `split` (cached under `root`)."""
+                         batch_size: int, device: torch.device, build: bool = True) -> FrozenOutputs:
+    """Image-trunk outputs for every image of `split` (cached under `root`; not `build`: a missing
+    cache raises FileNotFoundError naming its manifest)."""
     key = {"kind": "image", **trunk_key(tower), "split": split.fingerprint(),
            "preprocess": None if preprocess is None else preprocess.to_dict()}
     tower.eval()
@@ -119,13 +129,13 @@ def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: Imag
                 for b in batches)
         _compute(outs, split.n_images, directory, key)
 
-    return _cached(root, key, run)
+    return _cached(root, key, run if build else None)
 
 
 @torch.no_grad()
 def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch_size: int,
-                        device: torch.device) -> FrozenOutputs:
-    """Text-trunk outputs for every caption of `split` (cached under `root`)."""
+                        device: torch.device, build: bool = True) -> FrozenOutputs:
+    """Text-trunk outputs for every caption of `split` (cached under `root`; `build` as for images)."""
     key = {"kind": "text", **trunk_key(tower), "split": split.fingerprint(),
            "max_length": tower.max_length,
            "tokenizer": sha256_json(sorted(tower.tokenizer.get_vocab().items()))}
@@ -137,7 +147,7 @@ def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch
         outs = (tower.trunk(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches)
         _compute(outs, split.n_captions, directory, key)
 
-    return _cached(root, key, run)
+    return _cached(root, key, run if build else None)
 
 
 Frozen = tuple["FrozenOutputs | None", "FrozenOutputs | None"]
@@ -164,14 +174,17 @@ def split_outputs(model: nn.Module, split: CaptionSplit, side: str, preprocess: 
             yield model.text_tower(b.input_ids.to(device), b.attention_mask.to(device))
 
 
-def frozen_for(model: nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device) -> Frozen:
+def frozen_for(model: nn.Module, split: CaptionSplit, root: Path, batch_size: int, device: torch.device,
+               build: bool = True) -> Frozen:
     """Cached trunk outputs of whichever towers of a two-tower model have a frozen trunk, for `split`
     (the trunk is the whole tower unless `train_top` cuts it). A tower with
     no weights (precomputed region features) has nothing to cache: its inputs are read as they are,
-    from the memory-mapped feature files, instead of being copied (4.3 GB for Flickr30K)."""
+    from the memory-mapped feature files, instead of being copied (4.3 GB for Flickr30K). Not `build`:
+    a missing cache raises FileNotFoundError instead of being computed."""
     image = text = None
     if cacheable(model.image_tower):
-        image = frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), root, batch_size, device)
+        image = frozen_image_outputs(model.image_tower, split, model.image_tower.preprocess(), root, batch_size, device,
+                                     build)
     if cacheable(model.text_tower):
-        text = frozen_text_outputs(model.text_tower, split, root, batch_size, device)
+        text = frozen_text_outputs(model.text_tower, split, root, batch_size, device, build)
     return image, text

@@ -1,6 +1,10 @@
 from core.config import Config, TeacherConfig
 from core.schema import build, stage_key, to_dict
 
+# The input pipeline's options: none but sampling and draft decoding changes a batch, and those two
+# enter a stage key only once set.
+INPUT_PIPELINE = {"sampling": "image", "jpeg_draft": True, "num_workers": 3, "prefetch_factor": 4, "image_cache": "uint8"}
+
 
 def test_new_options_at_their_default_stay_out_of_stage_keys():
     """A teacher stamped before `cross` and `fine_tokens` existed keeps its key while they are unset."""
@@ -9,7 +13,15 @@ def test_new_options_at_their_default_stay_out_of_stage_keys():
     full = to_dict(cfg)
     assert "cross" in full and "cross" not in key
     assert "fine_tokens" in full["image_tower"] and "fine_tokens" not in key["image_tower"]
-    assert {k: v for k, v in full.items() if k not in ("cross", "ensemble")} == {**key, "image_tower": full["image_tower"]}
+    assert {k: v for k, v in full.items() if k not in ("cross", "ensemble")} == \
+        {**key, "image_tower": full["image_tower"], "train": full["train"]}
+    assert set(full["train"]) - set(key["train"]) == set(INPUT_PIPELINE)
+
+
+
+def test_input_pipeline_options_enter_the_key_only_when_they_change_the_batches():
+    key = stage_key(build(Config, {"student": {"train": INPUT_PIPELINE}}).student)["train"]
+    assert {k for k in INPUT_PIPELINE if k in key} == {"sampling", "jpeg_draft"}
 
 
 def test_the_ensemble_a_run_distils_from_never_enters_the_teacher_key():

@@ -132,6 +132,37 @@ def test_changed_teacher_invalidates_the_score_cache(finished_run, tmp_path):
         (run / "teacher" / "model.safetensors").write_bytes(data)
 
 
+def test_one_eval_gives_several_protocols_and_the_plan_counts_its_pairs(finished_run, tmp_path):
+    """`eval.folds: [1, 2]` on a copy of the run: every system has both protocols, the report a second
+    table; with [2] alone the teacher scores the two diagonal blocks only. Both as the plan counts."""
+    import shutil
+
+    from core.config import load_config
+    from distill.plan import make_plan
+    from teacher.model import PairCounter
+
+    _, run = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+
+    def evaluate(folds: str) -> tuple[dict, int, int]:
+        before = PairCounter.count
+        assert main(["eval", "--run-dir", str(copy), "--set", f"eval.folds={folds}"]) == 0
+        plan = make_plan(load_config(copy / "config.yaml"), ["eval"]).stages[0].teacher_pairs
+        return json.loads((copy / "eval" / "results.json").read_text()), PairCounter.count - before, plan
+
+    both, pairs, plan = evaluate("[1, 2]")
+    assert both["folds"] == [1, 2] and pairs == plan
+    for system in both["systems"]:
+        assert system["metrics"] == system["metrics_by_folds"]["1"] and set(system["metrics_by_folds"]) == {"1", "2"}
+    assert main(["report", str(copy)]) == 0
+    assert "### 8 images (2 folds)" in (copy / "report.md").read_text()
+    folds_only, pairs_only, plan_only = evaluate("[2]")
+    assert folds_only["folds"] == [2] and pairs_only == plan_only < plan
+    for system, two in zip(folds_only["systems"], both["systems"], strict=True):
+        assert "metrics_by_folds" not in system and system["metrics"] == pytest.approx(two["metrics_by_folds"]["2"])
+
+
 def test_bad_config_reports_all_problems_and_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "r"), "teacher": {"margn": 0.2}, "eval": {"folds": 0}}))

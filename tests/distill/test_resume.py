@@ -17,6 +17,10 @@ from distill.cli import main
 from tests.conftest import tiny_config_dict
 
 KILLS = 10
+# The run's lexical caption-level batches with the default DataLoader workers; image-level epochs
+# (`train.sampling: image`, lexical groups) from two workers, killed half as often (a fifth of the steps).
+INPUTS = {"captions": ["--set", "student.train.sampling=caption"],
+          "images-2-workers": ["--set", "student.train.sampling=image", "--set", "student.train.num_workers=2"]}
 
 
 @pytest.fixture(scope="module")
@@ -59,31 +63,33 @@ def _finished(student) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return load_file(str(student / "model.safetensors")), [{k: h[k] for k in ("epoch", "steps", "loss", "val")} for h in history]
 
 
-def test_killed_and_resumed_training_ends_with_the_uninterrupted_weights_and_metrics(run, tmp_path):
+@pytest.mark.parametrize("inputs", list(INPUTS))
+def test_killed_and_resumed_training_ends_with_the_uninterrupted_weights_and_metrics(run, tmp_path, inputs):
     student, log = run / "students" / "distilled-seed0", tmp_path / "stderr.txt"
-    alone = _distill(run, log)
+    alone, kills_wanted = _distill(run, log, *INPUTS[inputs]), KILLS if inputs == "captions" else KILLS // 2
     started = _started(alone, log)
     assert alone.wait() == 0, log.read_text()[-3000:]
     duration = time.perf_counter() - started  # building the student, its caches and bank, and training
     weights, history = _finished(student)
     assert {"lexical", "guided", "cached_kd", "concept"} <= set(history[0]["loss"])
+    assert history[0]["steps"] == (240 if inputs == "captions" else 48) // 8  # an epoch of captions or of images
     assert float(weights["memory.filled"]) == 1.0 and weights["memory.image_bank"].abs().sum() > 0
     log_alone = (student / "train_log.jsonl").read_text().splitlines()
     shutil.rmtree(student)
 
     rng, kills = random.Random(), 0
     while True:
-        attempt = _distill(run, log, "--resume")
+        attempt = _distill(run, log, "--resume", *INPUTS[inputs])
         try:
             _started(attempt, log)
-            attempt.wait(timeout=rng.uniform(0, duration) if kills < KILLS else None)
+            attempt.wait(timeout=rng.uniform(0, duration) if kills < kills_wanted else None)
         except subprocess.TimeoutExpired:
             attempt.send_signal(signal.SIGKILL)
             attempt.wait()
             kills += 1
             continue
         assert attempt.returncode == 0, log.read_text()[-3000:]
-        if kills >= KILLS:
+        if kills >= kills_wanted:
             break
         shutil.rmtree(student)  # it finished before its kill: train again from nothing
     resumed_weights, resumed_history = _finished(student)
