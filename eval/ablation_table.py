@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from core.machine import describe
-from eval.metrics import TABLE_KEYS
+from eval.metrics import TABLE_KEYS, table_cell
 
 
 def summarise_rows(rows: list[dict[str, Any]], reference: str = "baseline") -> list[dict[str, Any]]:
@@ -32,10 +32,6 @@ def summarise_rows(rows: list[dict[str, Any]], reference: str = "baseline") -> l
     return out
 
 
-def _cell(mean: float, std: float | None) -> str:
-    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
-
-
 def to_markdown(table: dict[str, Any], subject: str = "Student", reference: str = "contrastive-only row") -> str:
     """The table with its split, budget, machine and command; `subject` heads the first column and
     `reference` names the row Δ rsum is measured from."""
@@ -47,7 +43,7 @@ def to_markdown(table: dict[str, Any], subject: str = "Student", reference: str 
              f"| {subject} | {'terms' if subject == 'Student' else 'settings'} | " + " | ".join(TABLE_KEYS)
              + " | Δ rsum |", "|---|---|" + "---|" * (len(TABLE_KEYS) + 1)]
     for row in table["rows"]:
-        cells = [_cell(row["mean"][k], row["std"][k]) for k in TABLE_KEYS]
+        cells = [table_cell(row["mean"][k], row["std"][k]) for k in TABLE_KEYS]
         vs = row.get("rsum_vs_contrastive")
         delta = "-" if vs is None else f"{vs['delta']:+.1f}" + (" (beyond spread)" if vs["beyond_spread"] else "")
         lines.append(f"| {row['label']} | {', '.join(row['terms'])} | " + " | ".join(cells) + f" | {delta} |")

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.io import read_json, write_text
 from core.run_layout import RunPaths
-from eval.metrics import TABLE_KEYS
+from eval.metrics import TABLE_KEYS, table_cell
 
 HEADERS = ("run", "system", "seeds", "i2t R@1", "i2t R@5", "i2t R@10", "t2i R@1", "t2i R@5", "t2i R@10", "rsum",
            "latency ms (p50)", "backend", "speed-up vs teacher", "machine")
@@ -43,8 +43,7 @@ class CompareRow:
 
     def cell(self, key: str) -> str:
         """Mean, and ± std where several seeds were averaged (as the report writes it)."""
-        mean, std = self.mean[key], self.std.get(key, 0.0)
-        return f"{mean:.1f} ± {std:.1f}" if len(self.seeds) > 1 else f"{mean:.1f}"
+        return table_cell(self.mean[key], self.std.get(key, 0.0) if len(self.seeds) > 1 else None)
 
     def cells(self) -> list[str]:
         seeds = ",".join(str(s) for s in self.seeds if s is not None) or "-"

@@ -10,6 +10,11 @@ KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
 TABLE_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")  # the columns of every results table
 
 
+def table_cell(mean: float, std: float | None) -> str:
+    """A results table's cell: the mean, and ± the std when several seeds were averaged (None: one seed)."""
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
 def ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks of the ground truth: (per image, best of its captions; per caption, its image).
 

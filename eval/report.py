@@ -13,7 +13,7 @@ from eval.ablation_table import to_markdown as ablation_markdown
 from eval.bench_tables import scaling_markdown
 from eval.example_figures import write_example_figures
 from eval.figures import accuracy_vs_latency, latency_vs_gallery, training_curves
-from eval.metrics import TABLE_KEYS, protocols
+from eval.metrics import TABLE_KEYS, protocols, table_cell
 from eval.records import EvalResults, SystemResult
 
 GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
@@ -193,8 +193,7 @@ def _example_lines(figures: dict[str, str]) -> list[str]:
 
 
 def _fmt(row: dict, key: str) -> str:
-    mean, std = row["mean"][key], row["std"][key]
-    return f"{mean:.1f} ± {std:.1f}" if len(row["seeds"]) > 1 else f"{mean:.1f}"
+    return table_cell(row["mean"][key], row["std"][key] if len(row["seeds"]) > 1 else None)
 
 
 def _protocols_text(summary: dict) -> str:
