@@ -72,6 +72,14 @@ def ranks_from_env(timeout_hours: float = 24.0, backend: str = "gloo", run_dir: 
     return ranks
 
 
+def leave_process_group() -> None:
+    """Leave the torchrun process group, if this process joined one: a group still open at interpreter
+    exit can abort the process ("terminate called without an active exception") after its work is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class NotShared(RuntimeError):
     """A file one rank wrote is missing on another rank (the run directory is on node-local disks)."""
 

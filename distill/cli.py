@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if "core.distributed" in sys.modules:  # only a stage run under torchrun joined a group; `search` never imports torch
+        sys.modules["core.distributed"].leave_process_group()
     return 0
 
 

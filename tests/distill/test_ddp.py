@@ -84,3 +84,14 @@ def test_two_processes_with_the_online_teacher_train_the_one_process_student(run
     double = load_file(str(student / "model.safetensors"))
     for name in single:
         torch.testing.assert_close(double[name], single[name], atol=TOLERANCE, rtol=0, msg=name)
+
+
+def test_leaving_the_process_group_closes_it(tmp_path):
+    """The CLI leaves its group on success: one left open can abort the process at interpreter exit."""
+    import torch.distributed as dist
+
+    from core.distributed import leave_process_group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    leave_process_group()
+    assert not dist.is_initialized()
+    leave_process_group()  # outside a group: nothing to do
