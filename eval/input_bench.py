@@ -7,9 +7,11 @@ says so. This times the two halves apart, on the config's train split and traini
                   each worker count and each way of feeding it: per-caption decoding (the default:
                   an image decoded and resized once per caption, five times an epoch), the
                   image-level sampler (each image decoded once an epoch), the uint8 image cache
-                  (decoded once ever; only normalisation left), optionally JPEG draft decoding
+                  (decoded once ever), optionally JPEG draft decoding; every pipeline delivers the
+                  uint8 crops, copied to the device as training copies them
   model step      forward, backward and AdamW step of the configured student on one batch already
-                  on the device (the contrastive objective: the towers dominate a step's cost)
+                  on the device (the contrastive objective: the towers dominate a step's cost),
+                  including the image tower's normalisation of the uint8 crops (timed apart too)
 
 Training runs at about the smaller of the two rates; the larger one is idle capacity. The uint8
 cache's build time is reported (it is paid once per split and preprocessing, then reused).
@@ -37,6 +39,7 @@ from core.io import write_json, write_text
 from core.machine import describe, machine_info
 from core.precision import autocast
 from core.timing import time_calls
+from core.towers.image import normalise_crops
 
 CPU = torch.device("cpu")
 
@@ -57,7 +60,7 @@ PIPELINES = (
     Pipeline("image-level sampler", "image", "none", False,
              "`train.sampling: image`: every image once per epoch with one of its captions, decoded once"),
     Pipeline("uint8 cache", "caption", "uint8", False,
-             "`train.image_cache: uint8`: pixels read from run_dir/images/ (decoded once ever), normalised at load"),
+             "`train.image_cache: uint8`: crops read from run_dir/images/ (decoded once ever)"),
 )
 DRAFT = Pipeline("per-caption decode, JPEG draft", "caption", "none", True,
                  "`train.jpeg_draft: true`: JPEGs decoded at a reduced scale no smaller than the resize")
@@ -120,7 +123,12 @@ def time_model_step(model: nn.Module, objective: nn.Module, batch: Batch, device
         optimizer.step()
 
     stats = time_calls(step, 1, steps, sync)
+    normalise = None
+    if batch.images is not None and batch.images.dtype == torch.uint8:
+        table = model.image_tower.pixel_table
+        normalise = time_calls(lambda _: normalise_crops(batch.images, table), 1, max(steps, 5), sync)["p50_ms"]
     return {"images_per_s": len(batch) / (stats["p50_ms"] / 1000), "ms_per_step": stats["p50_ms"], "batch": len(batch),
+            "normalise_ms": normalise,
             "steps": steps, "device": str(device), "trainable_params": sum(p.numel() for p in trainable),
             "image_tower_trains": any(p.requires_grad for p in model.image_tower.parameters()),
             "text_tower_trains": any(p.requires_grad for p in model.text_tower.parameters()), **stats}
@@ -225,7 +233,9 @@ def to_markdown(result: dict[str, Any], command: str = "") -> str:
                            if on) or "no tower"
         lines += [f"Model step (forward + backward + AdamW on a batch of {m['batch']} already on `{m['device']}`, "
                   f"{towers} training, {m['trainable_params']:,} trainable parameters): **{m['images_per_s']:,.1f} "
-                  f"images/s** ({m['ms_per_step']:,.0f} ms per step, median of {m['steps']}).", ""]
+                  f"images/s** ({m['ms_per_step']:,.0f} ms per step, median of {m['steps']}"
+                  + (f"; of it, {m['normalise_ms']:,.1f} ms normalising the uint8 crops on the device"
+                     if m.get("normalise_ms") is not None else "") + ").", ""]
         for r in result["rows"]:
             bound = "input pipeline" if r["images_per_s"] < m["images_per_s"] else "model step"
             lines.append(f"- {r['pipeline']}, {r['workers']} workers: training bounded by the **{bound}** "

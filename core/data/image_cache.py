@@ -3,9 +3,8 @@
 Training visits every image once per caption (or once per epoch with `train.sampling: image`), and
 decoding a JPEG and resizing it costs far more than the model step of a frozen or small tower on a GPU.
 The cache holds what `ImagePreprocess.crop` returns, uint8 (N, size, size, 3) in one memory-mapped
-`.npy` (150 KB an image at 224 px), so a read is a page-cache copy and only normalisation is left to
-do at load time: the pixels equal decoding + `ImagePreprocess` exactly (same decode, same crop, same
-float arithmetic). Workers share it through the page cache instead of each holding a copy.
+`.npy` (150 KB an image at 224 px), so a read is a page-cache copy and only normalisation is left
+(on the device, by the image tower): the pixels equal decoding + `ImagePreprocess.crop` exactly. Workers share it through the page cache instead of each holding a copy.
 
 It lives under `run_dir/images/<key>/` (`core.run_layout.RunPaths.images`), keyed like the
 frozen-tower caches: by the split's fingerprint and the crop geometry (size, resize, interpolation;
@@ -57,11 +56,11 @@ def decode(path: str | Path, preprocess: ImagePreprocess, draft: bool) -> np.nda
 
 
 class CachedImages:
-    """Image i of a cache as the float32 (3, size, size) tensor `ImagePreprocess` would give. The array
-    is opened on first use in each process, so a worker (forked or spawned) maps the file itself."""
+    """The crops of a cache, image i as `ImagePreprocess.crop` gave it. The array is opened on first use
+    in each process, so a worker (forked or spawned) maps the file itself."""
 
-    def __init__(self, directory: Path, preprocess: ImagePreprocess, build_s: float | None = None):
-        self.directory, self.preprocess = Path(directory), preprocess
+    def __init__(self, directory: Path, build_s: float | None = None):
+        self.directory = Path(directory)
         self.build_s = build_s  # seconds this process spent building it (None: it was there)
         self._pixels: np.ndarray | None = None
 
@@ -80,9 +79,6 @@ class CachedImages:
     def crop(self, i: int) -> np.ndarray:
         """uint8 (size, size, 3): image i as `ImagePreprocess.crop` gave it (a view of the mapped file)."""
         return self.pixels[i]
-
-    def __call__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(self.preprocess.normalise(self.pixels[i]))
 
 
 class _Crops(Dataset):
@@ -142,9 +138,9 @@ def image_cache(split: CaptionSplit, preprocess: ImagePreprocess, root: Path, dr
     key = cache_key(split, preprocess, draft)
     directory = Path(root) / sha256_json(key)[:20]
     if _valid(directory, key, preprocess):
-        return CachedImages(directory, preprocess)
+        return CachedImages(directory)
     if not build:
         raise FileNotFoundError(errno.ENOENT, "no uint8 image cache", str(directory / MANIFEST))
     if directory.exists():
         log.info("uint8 image cache %s does not match this split and preprocessing: rebuilding it", directory)
-    return CachedImages(directory, preprocess, _build(split, preprocess, directory, key, workers, block, show))
+    return CachedImages(directory, _build(split, preprocess, directory, key, workers, block, show))

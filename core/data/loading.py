@@ -39,7 +39,8 @@ Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 class Batch:
     """A batch of pairs (or of images only / captions only, the other fields left None).
 
-    `images` holds pixels (B, 3, H, W) or region features (B, R, D) with `image_mask` (B, R).
+    `images` holds pixels, normalised float (B, 3, H, W) or, from the training loader, the uint8 crops
+    (B, H, W, 3) that the image tower normalises, or region features (B, R, D) with `image_mask` (B, R).
     `image_index` / `caption_index` are positions in the split: losses use `image_index` to know
     which captions share an image, and distillation uses both to look up teacher scores.
     """
@@ -105,8 +106,8 @@ class ImageSource:
         return torch.from_numpy(self.preprocess.normalise(item)) if isinstance(item, np.ndarray) else item
 
     def item(self, i: int) -> torch.Tensor | np.ndarray:
-        """Region features (float32 tensor), or the uint8 crop (size, size, 3) left to normalise: a
-        batch normalises its crops straight into its own memory (`PairCollate`)."""
+        """Region features (float32 tensor), or the uint8 crop (size, size, 3), which a training batch
+        ships as it is (`PairCollate`)."""
         if self.split.features is not None:
             return torch.from_numpy(np.array(self.split.features[i], dtype=np.float32))  # copy out of the memmap
         if self.cached is not None:
@@ -149,47 +150,40 @@ class ImageGallery(Dataset):
         return self.load(i), i
 
 
-def _stack_images(images: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _stack_images(images: list[torch.Tensor | np.ndarray | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if images[0] is None:  # a frozen image tower's outputs come from its cache
         return None, None
+    if isinstance(images[0], np.ndarray):  # uint8 crops, perhaps read-only views of the mapped cache
+        out = _batch_memory((len(images), *images[0].shape), torch.uint8)
+        np.stack(images, out=out.numpy())
+        return out, None
     stacked = default_collate(images)  # in a worker: stacked straight into shared memory, not copied there after
     if stacked.ndim == 3:  # region features: every region of a precomputed set is valid
         return stacked, torch.ones(stacked.shape[:2], dtype=torch.bool)
     return stacked, None
 
 
-def _batch_memory(shape: tuple[int, ...]) -> torch.Tensor:
-    """An empty float32 batch; in a DataLoader worker, in shared memory (as torch's default_collate
-    allocates it), so that sending it to the main process copies nothing."""
+def _batch_memory(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty batch; in a DataLoader worker, in shared memory (as torch's default_collate allocates
+    it), so that sending it to the main process copies nothing."""
     if get_worker_info() is None:
-        return torch.empty(shape)
-    storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape))
-    return torch.empty(0).new(storage).view(shape)
-
-
-def _normalised(crops: list[np.ndarray], preprocess: ImagePreprocess) -> torch.Tensor:
-    """float32 (B, 3, size, size): each uint8 crop normalised straight into its slot of the batch (no
-    per-image tensor, no stacking copy)."""
-    out = _batch_memory((len(crops), 3, *crops[0].shape[:2]))
-    slots = out.numpy()
-    for k, crop in enumerate(crops):
-        preprocess.normalise(crop, slots[k])
-    return out
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
 class PairCollate:
-    """Stacks a batch's images (normalising uint8 crops into the batch) and tokenises its captions (a
-    class, not a closure: a worker started by spawn receives it pickled)."""
+    """Stacks a batch's images and tokenises its captions (a class, not a closure: a worker started by
+    spawn receives it pickled). Pixels stay the uint8 crops (B, size, size, 3): a quarter of the bytes
+    of float32 to stack, send from a worker and copy to the device, where the image tower normalises
+    them (`core.towers.image.normalise_crops`)."""
 
-    def __init__(self, tokenize: Tokenize, preprocess: ImagePreprocess | None = None):
-        self.tokenize, self.preprocess = tokenize, preprocess
+    def __init__(self, tokenize: Tokenize):
+        self.tokenize = tokenize
 
     def __call__(self, items: list[tuple[torch.Tensor | np.ndarray | None, str, int, int]]) -> Batch:
         images, texts, img_idx, cap_idx = zip(*items, strict=True)
-        if isinstance(images[0], np.ndarray):
-            pixels, mask = _normalised(list(images), self.preprocess), None
-        else:
-            pixels, mask = _stack_images(list(images))
+        pixels, mask = _stack_images(list(images))
         tokens = self.tokenize(list(texts))
         return Batch(pixels, mask, tokens["input_ids"], tokens["attention_mask"],
                      torch.tensor(img_idx), torch.tensor(cap_idx))
@@ -259,7 +253,7 @@ def pair_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, tokeniz
     # The loader's own generator only seeds its workers: without it each epoch's iterator would draw
     # that seed from the global torch generator (dropout's), once per epoch without persistent workers
     # but once per run with them, so the worker count would change the training's random draws.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollate(tokenize, preprocess), num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=PairCollate(tokenize), num_workers=num_workers,
                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **workers)
 
 

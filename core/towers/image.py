@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -58,6 +59,23 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(dict(zip(target, source.values(), strict=True)))
 
 
+def pixel_table(preprocess: ImagePreprocess) -> torch.Tensor:
+    """(3 * 256,) float32: channel c's normalised value of uint8 value v at c * 256 + v, the values
+    `ImagePreprocess.normalise` looks up (so a tower's normalisation equals the NumPy one exactly)."""
+    return torch.from_numpy(preprocess.normalise(np.arange(256, dtype=np.uint8).reshape(1, 256, 1).repeat(3, 2))
+                            .reshape(3 * 256))
+
+
+def normalise_crops(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W): uint8 crops (B, H, W, 3) as `ImagePreprocess.crop` gives them looked up in
+    `table` (`pixel_table`) on their device; anything else (already normalised) as it is."""
+    if pixels.dtype != torch.uint8:
+        return pixels
+    index = pixels.permute(0, 3, 1, 2).int() + torch.arange(0, 3 * 256, 256, device=pixels.device,
+                                                             dtype=torch.int32).view(1, 3, 1, 1)
+    return table.index_select(0, index.flatten()).view(index.shape)
+
+
 def backbone_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
     """A timm backbone's `forward_features` as (stem, stages, tail) modules run in order, so that it can
     be cut between stages. Known layouts: EfficientNet / MobileNet (conv_stem, bn1, blocks, conv_head,
@@ -92,6 +110,9 @@ class TimmImageTower(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         img_size = cfg.model_kwargs.get("img_size")
         self.image_size = cfg.image_size or (int(img_size) if isinstance(img_size, int) else None)
+        # uint8 crops are normalised where the tower runs: the loader ships a quarter of the bytes and the
+        # device does the arithmetic (not saved: it follows from the preprocessing)
+        self.register_buffer("pixel_table", pixel_table(self.preprocess()), persistent=False)
         self.top_stages = cfg.train_top
         if self.top_stages:
             stages = backbone_stages(model)[1]
@@ -147,15 +168,16 @@ class TimmImageTower(nn.Module):
         )
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
+        """Tokens of normalised pixels (B, 3, H, W), or of the uint8 crops (B, H, W, 3) training loads."""
         if not self.top_stages:
-            return self._output(self.model.forward_features(pixels))
+            return self._output(self.model.forward_features(normalise_crops(pixels, self.pixel_table)))
         return self.top(self.trunk(pixels, mask))
 
     def trunk(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
         """The feature map at the cut as (B, H*W, C) tokens (pooled: their mean); everything when uncut."""
         if not self.top_stages:
             return self(pixels, mask)
-        x = pixels
+        x = normalise_crops(pixels, self.pixel_table)
         for module in self.trunk_modules():
             x = module(x)
         tokens = x.flatten(2).transpose(1, 2)

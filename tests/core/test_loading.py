@@ -117,13 +117,10 @@ def test_the_uint8_cache_returns_what_decoding_and_preprocessing_give(jpeg_split
     for split in (jpeg_split, splits["val"]):  # JPEGs; the synthetic PNGs
         cache = image_cache(split, PRE, tmp_path, draft=draft, workers=0, block=4, show=False)
         assert len(cache) == split.n_images
-        std = torch.tensor(PRE.std)[:, None, None]
         for i, path in enumerate(split.image_paths):
-            decoded = torch.from_numpy(PRE(load_image(path, draft=(28, 28) if draft else None)))
-            cached = cache(i)
-            assert cached.dtype == torch.float32 and cached.shape == (3, 24, 24)
-            assert float(((cached - decoded) * std).abs().max()) <= 1 / 255 + 1e-6  # before normalisation
-            assert torch.equal(cached, decoded)  # the same uint8 crop, the same arithmetic: exactly
+            cached = cache.crop(i)
+            assert cached.dtype == np.uint8 and cached.shape == (24, 24, 3)
+            assert np.array_equal(cached, PRE.crop(load_image(path, draft=(28, 28) if draft else None)))
 
 
 def test_the_uint8_cache_is_reused_and_rebuilt_when_its_key_changes(jpeg_split, tmp_path):
@@ -155,6 +152,13 @@ def test_a_loader_over_the_cache_gives_the_decoding_loaders_batches(splits, tiny
     batches = [_epochs(pair_loader(split, PRE, tiny_student.tokenize, 8, generator=torch.Generator().manual_seed(2),
                                    cached=c, num_workers=w), 1)[0] for c, w in ((None, 0), (cache, 2))]
     assert all(_same(a, b) for a, b in zip(*batches, strict=True))
+
+
+def test_a_training_batch_holds_the_uint8_crops(jpeg_split, tiny_student):
+    batch = next(iter(pair_loader(jpeg_split, PRE, tiny_student.tokenize, 4, shuffle=False)))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (4, 24, 24, 3)
+    for row, i in zip(batch.images, batch.image_index.tolist(), strict=True):
+        assert np.array_equal(row.numpy(), PRE.crop(load_image(jpeg_split.image_paths[i])))
 
 
 def test_batches_move_without_blocking(splits, tiny_student):

@@ -1,12 +1,13 @@
 import collections
 
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
 from core.config import ImageTowerConfig
-from core.towers.image import RegionFeatureTower, TimmImageTower, load_backbone_weights
+from core.towers.image import RegionFeatureTower, TimmImageTower, load_backbone_weights, normalise_crops
 from core.towers.text import TextTower
 
 CNN = ImageTowerConfig(model_kwargs={"channels": [8, 16, 16, 32], "stem_width": 8, "output_stride": 16}, image_size=32)
@@ -19,6 +20,21 @@ def test_cnn_tower_gives_grid_tokens_and_pooled_vector():
     torch.testing.assert_close(out.pooled, out.tokens.mean(1))  # avg-pool head
     pre = tower.preprocess()
     assert pre.size == 32 and pre.resize == 32
+
+
+@pytest.mark.parametrize("top", [0, 2])
+def test_the_tower_normalises_uint8_crops_as_the_preprocessing_does(top):
+    """Training ships uint8 crops and the tower normalises them on its device: the same values as
+    `ImagePreprocess.normalise`, so the same outputs as the normalised floats evaluation feeds."""
+    tower = TimmImageTower(ImageTowerConfig(name="resnet10t", model_kwargs=CNN.model_kwargs, image_size=32,
+                                            train_top=top)).eval()
+    crops = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    pre = tower.preprocess()
+    floats = torch.from_numpy(np.stack([pre.normalise(c) for c in crops.numpy()]))
+    assert torch.equal(normalise_crops(crops, tower.pixel_table), floats)
+    assert torch.equal(tower(crops).tokens, tower(floats).tokens)
+    assert torch.equal(tower.trunk(crops).tokens, tower.trunk(floats).tokens)
+    assert "pixel_table" not in tower.state_dict()  # follows from the preprocessing; checkpoints unchanged
 
 
 def test_vit_tower_drops_prefix_tokens():

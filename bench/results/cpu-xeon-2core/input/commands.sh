@@ -12,8 +12,3 @@ rm -rf runs/bench-input/images   # so that the uint8 cache's build is timed too
 .venv/bin/itr-distill bench input configs/flickr8k.yaml --run-dir runs/bench-input \
   --set student.image_tower.freeze=false --set student.text_tower.freeze=false \
   --batches 20 --rounds 3 --workers 0 2 --steps 3 --out "$out"
-# The same input pipelines with PyTorch's transparent huge pages for large CPU tensors (each float32 batch
-# is 77 MB of fresh memory, and first-touch page faults are much of its cost on this VM); no model step.
-THP_MEM_ALLOC_ENABLE=1 .venv/bin/itr-distill bench input configs/flickr8k.yaml --run-dir runs/bench-input \
-  --set student.image_tower.freeze=false --set student.text_tower.freeze=false \
-  --batches 20 --rounds 3 --workers 0 2 --steps 0 --out "$out/thp"
