@@ -1,12 +1,14 @@
+import numpy as np
 import pytest
 import torch
 
 from core.config import ConfigError, CrossConfig, ScanConfig, load_config
 from core.data.loading import pair_loader
 from eval.evaluate import teacher_metrics
+from eval.rerank import rerank_sims
 from teacher.cross import hard_lists
 from teacher.matching import Matcher
-from teacher.scoring import encode_split
+from teacher.scoring import candidate_scorer, encode_split, global_sims
 from tests.teacher.test_iterative import unit_inputs
 
 CPU = torch.device("cpu")
@@ -120,8 +122,13 @@ def test_cross_teacher_trains_saves_reloads_and_evaluates(text_model_dir, splits
     teacher.cfg.cross.eval_top_k = 0
     every, how = teacher_metrics(teacher, *encoded["trained"], split, progress=False)
     assert how == "every pair"
-    teacher.cfg.cross.eval_top_k = 80  # re-ranking every candidate of the first stage is scoring every pair
-    assert teacher_metrics(teacher, *encoded["trained"], split, progress=False)[0] == every
+    # re-ranking every candidate of the first stage is scoring every pair (the scores, not the metrics:
+    # the pairs are batched differently, and near-ties of a tiny model can swap on the last bit)
+    with torch.no_grad():
+        full = teacher.score(*encoded["trained"]).numpy()
+    i2t, t2i = rerank_sims(global_sims(*encoded["trained"]), candidate_scorer(teacher, *encoded["trained"]), 80)
+    np.testing.assert_allclose(i2t, full, atol=1e-5)
+    np.testing.assert_allclose(t2i, full, atol=1e-5)
     teacher.cfg.cross.eval_top_k = 2  # a short list keeps the first stage's order below it
     shortlist, how = teacher_metrics(teacher, *encoded["trained"], split, progress=False)
     assert how == "top-2 of its global score, re-ranked" and shortlist != every
