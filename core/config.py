@@ -6,7 +6,6 @@ the same values out and a test keeps the two equal. Command-line overrides use d
 """
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +113,20 @@ class DataConfig:
 
 
 @dataclass
+class BackboneConfig:
+    """A further timm backbone beside an image tower's own (`image_tower.also`)."""
+
+    name: str
+    pretrained: bool = False  # timm hub weights (needs network)
+    weights: str | None = None  # local weights file (.safetensors / .pth / .pt)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        return ["pretrained/weights: choose one of timm hub weights or a local weights file"] \
+            if self.pretrained and self.weights else []
+
+
+@dataclass
 class ImageTowerConfig:
     """A timm backbone (any model name) or a pass-through for precomputed region features."""
 
@@ -132,10 +145,16 @@ class ImageTowerConfig:
     # With train_top: the trunk's tokens at the cut (a finer grid when a stride-2 stage lies above it)
     # follow the final tokens, mapped to the tower's width by a trained linear layer: more, smaller regions.
     fine_tokens: bool = field(default=False, metadata=KEY_UNLESS_SET)
+    # Further convolutional backbones run on the same pixels: each grid resampled to this backbone's and
+    # its channels appended to every token (and pooled vector). Backbones pretrained apart see an image
+    # differently; a dual encoder reads them all without any cross-modal interaction.
+    also: list[BackboneConfig] = field(default_factory=list, metadata=KEY_UNLESS_SET)
     lr_scale: float = 1.0
 
     def problems(self) -> list[str]:
         out = _non_negative(self, "lr_scale", "train_top") + _top_needs_freeze(self)
+        if self.also and (self.kind != "timm" or self.train_top):
+            out.append("also: further backbones need kind: timm and train_top: 0 (a whole tower, frozen or trained)")
         if self.pretrained and self.weights:
             out.append("pretrained/weights: choose one of timm hub weights or a local weights file")
         if self.fine_tokens and not self.train_top:
@@ -781,9 +800,21 @@ class Config:
         return out
 
 
+def _unshared(node: Any) -> Any:
+    """A copy of parsed YAML in which no two paths share a mapping or a list (`copy.deepcopy` keeps
+    aliases aliased)."""
+    if isinstance(node, dict):
+        return {k: _unshared(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshared(v) for v in node]
+    return node
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML)."""
-    out = copy.deepcopy(raw)
+    """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML). YAML
+    anchors make two paths share one mapping (`student.image_tower: *image_tower`); the copy shares
+    nothing, so an override changes the path it names only."""
+    out = _unshared(raw)
     for item in overrides:
         if "=" not in item:
             raise ConfigError([f"override {item!r}: expected key=value"], "command line")

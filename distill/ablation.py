@@ -22,7 +22,7 @@ from distill.stages import (
     stage_teacher_topk,
 )
 from distill.student_stage import stage_distill
-from distill.variants import component_on, variant_config
+from distill.variants import component_on, reads_teacher, variant_config
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.evaluate import student_sims
 from eval.report import write_training_curves
@@ -55,12 +55,17 @@ def _structure(student: StudentConfig, terms: list[str]) -> list[str]:
     return parts
 
 
-def _prerequisites(cfg: Config, force: bool, resume: bool) -> None:
-    """Data, teacher, the baseline students (a top-K cache's first stage) and the score caches."""
+def _prerequisites(cfg: Config, variants: list[str], force: bool, resume: bool) -> None:
+    """Data, the baseline students (a top-K cache's first stage), and when a variant reads the teacher,
+    the teacher and its score caches (contrastive-only rows need none of it)."""
     stage_data(cfg, force)
-    stage_teacher_fit(cfg, force, resume)
+    teacher = any(reads_teacher(variant_config(cfg, v)) for v in variants)
+    if teacher:
+        stage_teacher_fit(cfg, force, resume)
     for seed in cfg.experiment.seeds:
         stage_distill(cfg, "baseline", seed, force, resume)
+    if not teacher:
+        return
     kd = kd_teacher_stage(cfg)
     if kd is not None:
         (stage_teacher_tokens if kd == "teacher tokens train" else stage_teacher_score)(cfg, "train", force)
@@ -75,7 +80,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
     unknown = [v for v in variants if v not in STUDENT_VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variant(s) {unknown} (expected some of {list(ROWS)})")
-    _prerequisites(cfg, force, resume)
+    _prerequisites(cfg, variants, force, resume)
     paths, device = RunPaths(cfg.run_dir), resolve_device(cfg.device)
     split = load_split(cfg, cfg.eval.split)
     rows, skipped, trained = [], [], {}

@@ -212,10 +212,13 @@ def _timm_size(tower: ImageTowerConfig) -> tuple[int, int, int, int, tuple[int, 
     from core.towers.image import backbone_stages
 
     with torch.device("meta"):
-        net = timm.create_model(tower.name, pretrained=False, **tower.model_kwargs)
+        net = timm.create_model(tower.name, pretrained=False, **{**tower.model_kwargs, "num_classes": 0})  # as the tower
         size = tower.image_size or int(net.default_cfg.get("input_size", (3, 224, 224))[-1])
         tokens = (-(-size // int(net.feature_info[-1]["reduction"]))) ** 2
         width, params = int(net.num_features), sum(p.numel() for p in net.parameters())
+        for also in tower.also:  # further backbones (`also`, never cut): their channels follow on every token
+            extra = timm.create_model(also.name, pretrained=False, **{**also.model_kwargs, "num_classes": 0})
+            width, params = width + int(extra.num_features), params + sum(p.numel() for p in extra.parameters())
         if not tower.train_top:
             return tokens, width, params, 0, (tokens, width)
         stem, stages, tail = backbone_stages(net)

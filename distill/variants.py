@@ -17,6 +17,14 @@ def component_on(student: StudentConfig, component: str) -> bool:
     return getattr(student.losses, component).weight > 0
 
 
+def reads_teacher(student: StudentConfig) -> bool:
+    """Whether training `student` reads the fitted teacher: its scores (in-batch or cached KD) or its
+    global vectors (the guided term with `source: teacher`)."""
+    losses = student.losses
+    return losses.kd.weight > 0 or losses.cached_kd.weight > 0 or \
+        (losses.guided.weight > 0 and losses.guided.source == "teacher")
+
+
 def _at_kept_level(student: StudentConfig, kept: tuple[str, ...]) -> StudentConfig:
     """A variant that keeps MEMBER at one level (`member`, `member-token`) runs it at that level, so one
     config compares both; one that keeps both (`distilled`) runs the configured level."""

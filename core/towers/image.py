@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from core.config import ImageTowerConfig
+from core.config import BackboneConfig, ImageTowerConfig
 from core.data.images import ImagePreprocess
 from core.paths import resolve_path
 from core.towers.heads import keep_trunk_in_eval
@@ -59,6 +60,23 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(dict(zip(target, source.values(), strict=True)))
 
 
+def _backbone(cfg: ImageTowerConfig | BackboneConfig) -> nn.Module:
+    """A timm backbone with its weights and without its classifier."""
+    model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **cfg.model_kwargs)
+    if cfg.weights:
+        load_backbone_weights(model, resolve_path(cfg.weights))
+    model.reset_classifier(0)
+    return model
+
+
+def _renormalisation(pre: ImagePreprocess, model: nn.Module) -> torch.Tensor:
+    """(2, 1, 3, 1, 1): scale and shift taking pixels normalised by `pre` to `model`'s own normalisation."""
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    mean, std = (torch.tensor(data_cfg[k], dtype=torch.float32) for k in ("mean", "std"))
+    pre_mean, pre_std = torch.tensor(pre.mean), torch.tensor(pre.std)
+    return torch.stack([pre_std / std, (pre_mean - mean) / std]).view(2, 1, 3, 1, 1)
+
+
 def pixel_table(preprocess: ImagePreprocess) -> torch.Tensor:
     """(3 * 256,) float32: channel c's normalised value of uint8 value v at c * 256 + v, the values
     `ImagePreprocess.normalise` looks up (so a tower's normalisation equals the NumPy one exactly)."""
@@ -100,12 +118,9 @@ class TimmImageTower(nn.Module):
 
     def __init__(self, cfg: ImageTowerConfig):
         super().__init__()
-        model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **cfg.model_kwargs)
-        if cfg.weights:
-            load_backbone_weights(model, resolve_path(cfg.weights))
-        model.reset_classifier(0)
-        self.model = model
-        self.out_dim = int(model.num_features)
+        self.model = model = _backbone(cfg)
+        self.also = nn.ModuleList(_backbone(b) for b in cfg.also)
+        self.out_dim = int(model.num_features) + sum(int(m.num_features) for m in self.also)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         img_size = cfg.model_kwargs.get("img_size")
@@ -113,6 +128,11 @@ class TimmImageTower(nn.Module):
         # uint8 crops are normalised where the tower runs: the loader ships a quarter of the bytes and the
         # device does the arithmetic (not saved: it follows from the preprocessing)
         self.register_buffer("pixel_table", pixel_table(self.preprocess()), persistent=False)
+        if self.also and (self.channels_last_output or self.num_prefix_tokens):
+            raise ValueError(f"image_tower.also: {cfg.name} gives no NCHW feature map to append further grids to")
+        # each further backbone's normalisation from this one's: x_own = x * scale + shift, per channel
+        self.register_buffer("also_affine", torch.stack([_renormalisation(self.preprocess(), m) for m in self.also])
+                             if self.also else torch.empty(0, 2, 1, 3, 1, 1), persistent=False)
         self.top_stages = cfg.train_top
         if self.top_stages:
             stages = backbone_stages(model)[1]
@@ -169,9 +189,24 @@ class TimmImageTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
         """Tokens of normalised pixels (B, 3, H, W), or of the uint8 crops (B, H, W, 3) training loads."""
-        if not self.top_stages:
-            return self._output(self.model.forward_features(normalise_crops(pixels, self.pixel_table)))
-        return self.top(self.trunk(pixels, mask))
+        if self.top_stages:
+            return self.top(self.trunk(pixels, mask))
+        x = normalise_crops(pixels, self.pixel_table)
+        feats = self.model.forward_features(x)
+        if not len(self.also):
+            return self._output(feats)
+        pooled = [self.model.forward_head(feats, pre_logits=True)]
+        for net, (scale, shift) in zip(self.also, self.also_affine, strict=True):
+            theirs = net.forward_features(x * scale + shift)
+            if theirs.ndim != 4:
+                raise ValueError("image_tower.also: a further backbone gave no NCHW feature map")
+            pooled.append(net.forward_head(theirs, pre_logits=True))
+            if theirs.shape[-2:] != feats.shape[-2:]:
+                theirs = F.adaptive_avg_pool2d(theirs, feats.shape[-2:])
+            feats = torch.cat([feats, theirs], 1)
+        tokens = feats.flatten(2).transpose(1, 2)
+        return TokenOutput(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device),
+                           torch.cat(pooled, 1))
 
     def trunk(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> TokenOutput:
         """The feature map at the cut as (B, H*W, C) tokens (pooled: their mean); everything when uncut."""

@@ -66,6 +66,13 @@ def test_overrides_are_parsed_as_yaml():
         apply_overrides({}, ["novalue"])
 
 
+def test_an_override_changes_only_the_path_it_names_when_yaml_anchors_share_a_section(tmp_path):
+    (tmp_path / "c.yaml").write_text("teacher:\n  image_tower: &tower {name: resnet10t}\n"
+                                     "student:\n  image_tower: *tower\n")
+    cfg = load_config(tmp_path / "c.yaml", ["student.image_tower.name=resnet18"])
+    assert (cfg.teacher.image_tower.name, cfg.student.image_tower.name) == ("resnet10t", "resnet18")
+
+
 def test_exponent_without_dot_is_a_float():
     assert load_config(None, ["student.train.lr=3e-4"]).student.train.lr == pytest.approx(3e-4)
 

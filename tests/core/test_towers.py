@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from core.config import ImageTowerConfig
+from core.config import BackboneConfig, ImageTowerConfig
+from core.data.images import ImagePreprocess
 from core.towers.image import RegionFeatureTower, TimmImageTower, load_backbone_weights, normalise_crops
 from core.towers.text import TextTower
 
@@ -35,6 +37,36 @@ def test_the_tower_normalises_uint8_crops_as_the_preprocessing_does(top):
     assert torch.equal(tower(crops).tokens, tower(floats).tokens)
     assert torch.equal(tower.trunk(crops).tokens, tower.trunk(floats).tokens)
     assert "pixel_table" not in tower.state_dict()  # follows from the preprocessing; checkpoints unchanged
+
+
+def test_further_backbones_append_their_grids_and_pooled_vectors():
+    """`also`: each further backbone sees the pixels in its own normalisation (here ImageNet's under
+    Lite0's 0.5/0.5), its 4x4 grid is averaged onto the tower's 2x2, and its channels follow."""
+    main = {"name": "tf_efficientnet_lite0", "model_kwargs": {}, "image_size": 64}
+    tower = TimmImageTower(ImageTowerConfig(**main, also=[BackboneConfig("resnet10t", model_kwargs=CNN.model_kwargs)]))
+    tower.eval()
+    alone = TimmImageTower(ImageTowerConfig(**main)).eval()
+    alone.model.load_state_dict(tower.model.state_dict())
+    crops = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    theirs = ImagePreprocess(64, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    with torch.no_grad():
+        out, own = tower(crops), alone(crops)
+        feats = tower.also[0].forward_features(torch.from_numpy(np.stack([theirs.normalise(c) for c in crops.numpy()])))
+    assert tower.out_dim == 1280 + 32 and out.tokens.shape == (2, 4, 1312) and out.mask.all()
+    torch.testing.assert_close(out.tokens[..., :1280], own.tokens)
+    torch.testing.assert_close(out.pooled[:, :1280], own.pooled)
+    assert feats.shape[-2:] == (4, 4)
+    torch.testing.assert_close(out.tokens[..., 1280:], F.adaptive_avg_pool2d(feats, 2).flatten(2).transpose(1, 2),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.pooled[:, 1280:], feats.mean((2, 3)), atol=1e-4, rtol=1e-4)
+
+
+def test_further_backbones_need_a_whole_timm_tower():
+    from core.config import Config
+    from core.schema import ConfigError, build
+
+    with pytest.raises(ConfigError, match="also: further backbones need kind: timm and train_top: 0"):
+        build(Config, {"student": {"image_tower": {"freeze": True, "train_top": 1, "also": [{"name": "resnet10t"}]}}})
 
 
 def test_vit_tower_drops_prefix_tokens():

@@ -2,6 +2,7 @@ import json
 
 import yaml
 
+from core.run_layout import RunPaths
 from distill.cli import main
 from tests.conftest import assert_layout_names, tiny_config_dict
 
@@ -37,3 +38,5 @@ def test_a_variant_whose_component_is_off_is_skipped_and_named(tmp_path):
     assert main(["ablate", str(tmp_path / "tiny.yaml"), "--variants", "baseline", "queue"]) == 0
     table = json.loads((tmp_path / "run/ablation/ablation.json").read_text())
     assert [r["variant"] for r in table["rows"]] == ["baseline"] and table["skipped"] == ["queue"]
+    paths = RunPaths(tmp_path / "run")
+    assert not paths.teacher.exists() and not paths.scores("train").exists()  # contrastive rows read no teacher

@@ -74,3 +74,16 @@ def test_a_cut_tower_caches_its_trunk_and_trains_its_top():
     assert (size.cached_image_tokens, size.cached_image_width) == (16, 128)  # the third stage's 4x4 grid at 64 px
     assert size.trainable > whole.trainable and size.frozen < whole.frozen
     assert size.trainable + size.frozen == whole.trainable + whole.frozen
+
+
+def test_a_further_backbone_widens_the_tokens_and_counts_its_parameters():
+    from core.towers.image import TimmImageTower
+    from distill.plan import model_size
+
+    base = ["teacher.image_tower.freeze=true"]
+    whole = model_size(cfg := load_config(None, base), cfg.teacher)
+    two = load_config(None, [*base, "teacher.image_tower.also=[{name: test_efficientnet}]"])
+    size = model_size(two, two.teacher)
+    tower = TimmImageTower(two.teacher.image_tower)
+    assert size.image_tokens == whole.image_tokens and size.image_width == tower.out_dim == whole.image_width + 256
+    assert size.frozen - whole.frozen == sum(p.numel() for p in tower.also.parameters())
