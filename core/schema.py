@@ -49,6 +49,8 @@ def stage_key(obj: Any) -> Any:
     """Plain data of a config for a stage's up-to-date key: `to_dict`, without the fields marked
     `NOT_IN_KEY` and those marked `KEY_UNLESS_SET` that hold their default, so a new option left off
     does not make every fitted model of an earlier version look stale."""
+    if isinstance(obj, list):  # e.g. image_tower.also: a list of dataclasses
+        return [stage_key(v) for v in obj]
     if not dataclasses.is_dataclass(obj):
         return copy.deepcopy(obj)
     out = {}

@@ -65,7 +65,9 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> Sca
     info = read_json(files.info)
     cls = TeacherConfig if info["kind"] == "teacher" else StudentConfig
     model_cfg = build(cls, info["config"], str(files.info))
-    model_cfg.image_tower = dataclasses.replace(model_cfg.image_tower, pretrained=False, weights=None)
+    tower = model_cfg.image_tower  # every backbone's weights come from the file, none from a hub or package
+    model_cfg.image_tower = dataclasses.replace(tower, pretrained=False, weights=None, also=[
+        dataclasses.replace(b, pretrained=False, weights=None) for b in tower.also])
     text_model = info["text_model"]
     if (model_dir / text_model).is_dir():
         text_model = str((model_dir / text_model).resolve())

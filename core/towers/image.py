@@ -114,6 +114,8 @@ class TimmImageTower(nn.Module):
     map there (as tokens) and `top` runs the rest, so a frozen trunk can be cached while the top
     trains (`core.towers.frozen`). `forward` is `top(trunk(x))`, what export and evaluation run.
     With `fine_tokens` the top also returns the trunk's tokens, through the trained `fine_proj`.
+    The backbones of `also` run on the same pixels; their grids, resampled to this one's, add channels
+    to every token and to the pooled vector (`out_dim` is the sum).
     """
 
     def __init__(self, cfg: ImageTowerConfig):

@@ -1,4 +1,5 @@
 from core.config import Config, TeacherConfig
+from core.io import sha256_json
 from core.schema import build, stage_key, to_dict
 
 # The input pipeline's options: none but sampling and draft decoding changes a batch, and those two
@@ -13,10 +14,18 @@ def test_new_options_at_their_default_stay_out_of_stage_keys():
     full = to_dict(cfg)
     assert "cross" in full and "cross" not in key
     assert "fine_tokens" in full["image_tower"] and "fine_tokens" not in key["image_tower"]
+    assert "also" in full["image_tower"] and "also" not in key["image_tower"]
     assert {k: v for k, v in full.items() if k not in ("cross", "ensemble")} == \
         {**key, "image_tower": full["image_tower"], "train": full["train"]}
     assert set(full["train"]) - set(key["train"]) == set(INPUT_PIPELINE)
 
+
+
+def test_a_list_of_sections_enters_the_key_as_plain_data():
+    tower = build(Config, {"student": {"image_tower": {"also": [{"name": "resnet10t"}]}}}).student.image_tower
+    key = stage_key(tower)
+    assert key["also"] == [{"name": "resnet10t", "pretrained": False, "weights": None, "model_kwargs": {}}]
+    assert sha256_json(key)  # what a stage's identity hashes
 
 
 def test_input_pipeline_options_enter_the_key_only_when_they_change_the_batches():

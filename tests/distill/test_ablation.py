@@ -34,9 +34,13 @@ def test_a_variant_whose_component_is_off_is_skipped_and_named(tmp_path):
     cfg = tiny_config_dict(tmp_path / "run", tmp_path / "data")
     cfg["experiment"] = {"seeds": [0]}
     cfg["student"]["momentum"] = {"queue_size": 0}  # no queue row
+    # comparing student towers needs no teacher: here a frozen tower with a further backbone (stage key,
+    # frozen cache, saving and reloading for the evaluation)
+    cfg["student"]["image_tower"] = {**cfg["student"]["image_tower"], "freeze": True, "also": [{"name": "test_efficientnet"}]}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["ablate", str(tmp_path / "tiny.yaml"), "--variants", "baseline", "queue"]) == 0
     table = json.loads((tmp_path / "run/ablation/ablation.json").read_text())
     assert [r["variant"] for r in table["rows"]] == ["baseline"] and table["skipped"] == ["queue"]
     paths = RunPaths(tmp_path / "run")
     assert not paths.teacher.exists() and not paths.scores("train").exists()  # contrastive rows read no teacher
+    assert json.loads((paths.students / "baseline-seed0" / "model.json").read_text())["config"]["image_tower"]["also"]
