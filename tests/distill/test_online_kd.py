@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -37,8 +38,8 @@ def test_a_student_trained_from_either_source_ends_with_the_same_weights(run, ca
     assert (run_dir / "teacher_tokens" / "train" / "manifest.json").is_file()
     assert "kd" in json.loads(cached_log.splitlines()[0]) and "kd" in json.loads(online_log.splitlines()[0])
     assert cached.keys() == online.keys()
-    for name in cached:
-        assert (cached[name] - online[name]).abs().max() <= 1e-4, name
+    for name in cached:  # relative too: batch-norm running variances reach ~10, where 1e-4 is float noise of training
+        torch.testing.assert_close(cached[name], online[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_a_plan_over_its_memory_limit_is_refused_before_any_stage_runs(tmp_path, capsys):
