@@ -117,9 +117,10 @@ def test_node_local_features_are_built_by_each_nodes_local_rank_0(frozen_model, 
 
 SCRIPT = """
 import os, sys
-from core.distributed import ranks_from_env
+from core.distributed import leave_process_group, ranks_from_env
 ranks_from_env(run_dir=sys.argv[1 + int(os.environ["RANK"])])
 print("rank", os.environ["RANK"], "passed")
+leave_process_group()  # as the CLI does: a group left open can abort the process at exit
 """
 
 
