@@ -95,13 +95,13 @@ class ImagePreprocess:
         left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
         return np.asarray(image.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
 
-    def normalise(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 (size, size, 3) from `crop` to the float32 (3, size, size) a model reads (into `out`
-        when given: a batch's slot): / 255, minus the mean, over the std. Each channel's 256 possible
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (size, size, 3) from `crop` to the float32 (3, size, size) a model reads: / 255, minus
+        the mean, over the std. Each channel's 256 possible
         results are computed once (`_table`, the same float32 arithmetic) and looked up: the same
         values, several times faster per image."""
         channels = np.ascontiguousarray(pixels.transpose(2, 0, 1))
-        out = np.empty(channels.shape, dtype=np.float32) if out is None else out
+        out = np.empty(channels.shape, dtype=np.float32)
         for c in range(channels.shape[0]):
             np.take(self._table[c], channels[c], out=out[c])
         return out
