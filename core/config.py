@@ -164,7 +164,8 @@ class ImageTowerConfig:
 
 @dataclass
 class ScratchTextConfig:
-    """A small BERT trained from scratch, with a WordPiece vocabulary learned from the captions."""
+    """A small BERT trained from scratch, with a WordPiece vocabulary built from the captions: every
+    character, then their most frequent words up to `vocab_size` tokens (core.towers.scratch_text)."""
 
     vocab_size: int = 400
     hidden_size: int = 128
