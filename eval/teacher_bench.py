@@ -4,8 +4,8 @@ Three timings side by side in one process on the same inputs (SCAN's default siz
 otherwise: 1024-d features, 36 regions, captions of up to 16 words, 200 images x 1,000 captions):
   loop          one caption at a time, attended vectors materialised (how the SCAN reference evaluates)
   batched       `teacher.attention.scan_similarity`: all pairs, blocked, attended vectors never formed
-  matmul-floor  the single matrix product that computes every word-region logit; exact scores need
-                at least that much arithmetic
+  matmul-floor  the single matrix product that computes the logit of every valid word with every
+                region; exact scores need at least that much arithmetic
 plus, on CUDA, the batched scorer under bf16 autocast, and with `--imram STEPS` IMRAM's text-side
 iterative matching (random memory weights: its cost does not depend on them). Scores are compared
 with the loop's.
@@ -49,7 +49,7 @@ def run_teacher_bench(images: int = 200, captions: int = 1000, regions: int = 36
     chunk = chunk or (1 << 20 if dev.type == "cpu" else 1 << 26)  # CPU: a block fits the cache; GPU: fill the device
     reg, rmask, wrd, wmask = synthetic_inputs(images, captions, regions, words, dim, seed, dev)
     lam = SCAN_LAMBDAS[direction]
-    flat_words, flat_regions = wrd.reshape(-1, dim), reg.reshape(-1, dim)
+    flat_words, flat_regions = wrd[wmask], reg.reshape(-1, dim)  # padding words need no logits
     results: dict[str, torch.Tensor] = {}
 
     def keep(name, fn):

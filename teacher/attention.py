@@ -8,7 +8,8 @@ LogSumExp (lambda_lse) or mean.
 
 The attended vectors are never materialised: <q_j, a_j> = sum_r alpha_jr s_jr reuses the logits,
 and ||a_j||^2 = alpha_j^T G alpha_j with G = C C^T, one small Gram matrix per context item. A block
-of I images x C captions then costs I*C*L*R*(D + R) instead of I*C*L*R*D plus an I*C*L*D tensor.
+of I images x C captions then costs I*C*L*R*(D + R) instead of I*C*L*R*D plus an I*C*L*D tensor,
+where L is the longest caption of a group of similar lengths, not of the whole set.
 
 Two layouts share the arithmetic: every image with every caption (`scan_similarity`, all-pairs
 scoring and training) and explicit pairs (`scan_pair_scores`, a query with its candidates).
@@ -20,6 +21,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from core.length_groups import length_groups
 
 EPS = 1e-8
 DIRECTIONS = ("t2i", "i2t")
@@ -132,7 +135,9 @@ def scan_similarity(
     bool. Inputs are used as given (normalise them beforehand if you want cosine logits). Padded
     tokens take no part anywhere. Work is split into blocks of at most `max_chunk_elements`
     word-region logits, so peak memory is bounded whatever the number of pairs; gradients flow.
-    Each block's logits are one matrix product of its words with its regions.
+    Captions are taken in groups of similar length, each trimmed to its longest
+    (`core.length_groups`), so padding words cost almost nothing; each block's logits are one matrix
+    product of a group's words with a block of regions.
     """
     check_options(direction, aggregation)
     if regions.shape[-1] != words.shape[-1]:
@@ -140,30 +145,40 @@ def scan_similarity(
     check_masks("region_mask", region_mask)
     check_masks("word_mask", word_mask)
     n_img, n_reg, dim = regions.shape
-    n_cap, n_word = words.shape[:2]
     regions = regions * region_mask.unsqueeze(-1)
     words = words * word_mask.unsqueeze(-1)
     region_norm, word_norm = regions.norm(dim=-1), words.norm(dim=-1)
     t2i = direction == "t2i"
-    grams = gram(regions) if t2i else gram(words)
+    region_grams = gram(regions) if t2i else None
     # the context side's mask matters only where it has padding
     context_padded = _any_padding(region_mask if t2i else word_mask)
+    # captions by length, each group trimmed to its longest; a group is sized for at least 8 images per block
+    groups = length_groups(word_mask, max(1, max_chunk_elements // (min(n_img, 8) * n_reg)))
 
-    out = regions.new_empty(n_img, n_cap)
-    for im, cp in pair_blocks(n_img, n_cap, n_word * n_reg, max_chunk_elements):
-        i, c = im.stop - im.start, cp.stop - cp.start
-        # one GEMM: (C*L, D) x (D, I*R) -> logits[i, c, l, r]
-        logits = (words[cp].reshape(-1, dim) @ regions[im].reshape(-1, dim).T).view(c, n_word, i, n_reg)
-        if t2i:  # queries: words; context: regions
-            logits = logits.permute(2, 0, 1, 3).contiguous()
-            context_mask = region_mask[im, None, None, :] if context_padded else None
-            out[im, cp] = scores_from_logits(logits, word_norm[None, cp], word_mask[None, cp], context_mask,
-                                             grams[im, None], aggregation, lambda_softmax, lambda_lse)
-        else:  # queries: regions; context: words
-            logits = logits.permute(2, 0, 3, 1).contiguous()
-            context_mask = word_mask[None, cp, None, :] if context_padded else None
-            out[im, cp] = scores_from_logits(logits, region_norm[im, None], region_mask[im, None], context_mask,
-                                             grams[None, cp], aggregation, lambda_softmax, lambda_lse)
+    out = regions.new_empty(n_img, len(words))  # caption columns in `groups.order`
+    for start, stop, width in groups.spans:
+        ids = groups.order[start:stop]
+        g_words, g_mask, g_norm = words[ids, :width], word_mask[ids, :width], word_norm[ids, :width]
+        word_grams = None if t2i else gram(g_words)
+        step = max(1, min(n_img, max_chunk_elements // ((stop - start) * width * n_reg)))
+        for i0 in range(0, n_img, step):
+            im, c = slice(i0, min(n_img, i0 + step)), stop - start
+            i = im.stop - im.start
+            # one GEMM: (C*L, D) x (D, I*R) -> logits[i, c, l, r]
+            logits = (g_words.reshape(-1, dim) @ regions[im].reshape(-1, dim).T).view(c, width, i, n_reg)
+            if t2i:  # queries: words; context: regions
+                logits = logits.permute(2, 0, 1, 3).contiguous()
+                context_mask = region_mask[im, None, None, :] if context_padded else None
+                out[im, start:stop] = scores_from_logits(logits, g_norm[None], g_mask[None], context_mask,
+                                                         region_grams[im, None], aggregation, lambda_softmax,
+                                                         lambda_lse)
+            else:  # queries: regions; context: words
+                logits = logits.permute(2, 0, 3, 1).contiguous()
+                context_mask = g_mask[None, :, None, :] if context_padded else None
+                out[im, start:stop] = scores_from_logits(logits, region_norm[im, None], region_mask[im, None],
+                                                         context_mask, word_grams[None], aggregation,
+                                                         lambda_softmax, lambda_lse)
+    return groups.restore(out, dim=1)
     return out
 
 

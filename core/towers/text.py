@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from core.length_groups import length_groups
 from core.towers.heads import keep_trunk_in_eval
 from core.towers.image import TokenOutput
 
@@ -68,8 +70,9 @@ class TextTower(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
-        if self.top_layers:
-            return self.top(self.trunk(input_ids, attention_mask))
+        if self.top_layers:  # one pass over the whole batch: what traces into the exported graph
+            cut = self.trunk(input_ids, attention_mask)
+            return self._output(self._run(self._layers()[-self.top_layers:], cut.tokens, cut.mask), attention_mask)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._output(hidden, attention_mask)
 
@@ -83,11 +86,20 @@ class TextTower(nn.Module):
         return TokenOutput(hidden, attention_mask.bool(), (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
     def top(self, cut: TokenOutput) -> TokenOutput:
-        """The tower's output from the trunk's (identity when uncut)."""
+        """The tower's output from the trunk's (identity when uncut), as training and encoding over a
+        cached trunk call it: captions run in groups of similar length, each trimmed to its longest
+        (`core.length_groups`), since a layer's work grows with the padded width. Padding positions
+        come out as zeros; valid ones equal `forward`'s."""
         if not self.top_layers:
             return cut
-        hidden = self._run(self._layers()[-self.top_layers:], cut.tokens, cut.mask)
-        return self._output(hidden, cut.mask.long())
+        layers, groups = self._layers()[-self.top_layers:], length_groups(cut.mask)
+        width = cut.tokens.shape[1]
+        parts = []
+        for start, stop, used in groups.spans:
+            ids = groups.order[start:stop]
+            hidden = self._run(layers, cut.tokens[ids, :used], cut.mask[ids, :used])
+            parts.append(F.pad(hidden * cut.mask[ids, :used, None], (0, 0, 0, width - used)))
+        return self._output(groups.restore(torch.cat(parts)), cut.mask.long())
 
     @staticmethod
     def _run(layers: list[nn.Module], hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

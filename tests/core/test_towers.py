@@ -173,10 +173,17 @@ def test_cut_text_tower_equals_the_whole_one(text_model_dir):
     expected = whole(enc["input_ids"], enc["attention_mask"])
     trunk = cut.trunk(enc["input_ids"], enc["attention_mask"])
     assert not torch.allclose(trunk.tokens, expected.tokens)
+    widths = []
+    cut.top_modules()[0].register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
     for got in (cut.top(trunk), cut(enc["input_ids"], enc["attention_mask"])):
         valid = expected.mask
         torch.testing.assert_close(got.tokens[valid], expected.tokens[valid], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got.pooled, expected.pooled, atol=1e-5, rtol=1e-4)
+    # over a cached trunk the short caption runs in its own group, trimmed to its length; the whole
+    # tower (what the export traces) runs the padded batch in one pass
+    full, short = expected.mask.shape[1], int(expected.mask[1].sum())
+    assert sorted(widths) == [short, full, full]
+    assert not cut.top(trunk).tokens[~expected.mask].any()
     with pytest.raises(ValueError, match="layers, got 3"):
         TextTower(str(text_model_dir), max_length=24, train_top=3)
 

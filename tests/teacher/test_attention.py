@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.length_groups import SLACK
 from teacher.attention import pair_blocks, scan_pair_scores, scan_similarity
 from teacher.reference import scan_similarity_loop
 
@@ -50,6 +51,26 @@ def test_chunking_does_not_change_scores(chunk):
     regions, rmask, words, wmask = random_inputs(2)
     ref = scan_similarity(regions, rmask, words, wmask)
     torch.testing.assert_close(scan_similarity(regions, rmask, words, wmask, max_chunk_elements=chunk), ref)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_captions_are_scored_in_length_groups_trimmed_of_padding(direction, monkeypatch):
+    import teacher.attention as attention
+
+    g = torch.Generator().manual_seed(4)
+    regions, words = torch.randn(6, 5, 8, generator=g), torch.randn(40, 30, 8, generator=g)
+    lengths = torch.randint(2, 31, (40,), generator=g)
+    lengths[0] = 30  # one long caption pads every other one to 30 words
+    word_mask, region_mask = torch.arange(30)[None] < lengths[:, None], torch.ones(6, 5, dtype=torch.bool)
+    lam = LAMBDAS[direction]
+    logits = []
+    scores_from_logits = attention.scores_from_logits
+    monkeypatch.setattr(attention, "scores_from_logits", lambda x, *a: logits.append(x.numel()) or scores_from_logits(x, *a))
+    fast = scan_similarity(regions, region_mask, words, word_mask, direction, "lse", *lam)
+    torch.testing.assert_close(fast, scan_similarity_loop(regions, region_mask, words, word_mask, direction, "lse", *lam),
+                               atol=1e-5, rtol=1e-5)
+    valid = int(lengths.sum()) * 6 * 5
+    assert valid <= sum(logits) <= valid / SLACK < words.shape[0] * 30 * 6 * 5
 
 
 def test_single_region_score_is_the_cosine():
