@@ -80,16 +80,21 @@ def _quadratic(alpha: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 
 def scores_from_logits(logits: torch.Tensor, query_norm: torch.Tensor, query_mask: torch.Tensor,
-                       context_mask: torch.Tensor | None, context_gram: torch.Tensor, aggregation: str,
+                       context_mask: torch.Tensor | None, context: torch.Tensor, aggregation: str,
                        lambda_softmax: float, lambda_lse: float) -> torch.Tensor:
     """SCAN scores (A, B) from raw logits (A, B, Q, K) of zero-padded, unnormalised tokens.
 
     query_norm / query_mask broadcast to (A, B, Q); context_mask to (A, B, 1, K) or None;
-    context_gram is (A|1, B|1, K, K).
+    `context` is what the attended vectors' norms come from (`context_norms`): Gram matrices
+    (A|1, B|1, K, K), or the context tokens themselves (A, B, K, D).
     """
     alpha = attention_weights(logits, context_mask, lambda_softmax)
     dot = (alpha * logits).sum(-1)  # <query_j, attended_j>
-    attended_norm = _quadratic(alpha, context_gram).clamp_min(EPS * EPS).sqrt()
+    if context.shape[-1] == context.shape[-2] == logits.shape[-1]:
+        squared = _quadratic(alpha, context)
+    else:
+        squared = (alpha @ context).pow(2).sum(-1)
+    attended_norm = squared.clamp_min(EPS * EPS).sqrt()
     relevance = dot / (attended_norm * query_norm).clamp_min(EPS)
     return pool_relevance(relevance, query_mask.expand_as(relevance), aggregation, lambda_lse)
 
@@ -97,6 +102,19 @@ def scores_from_logits(logits: torch.Tensor, query_norm: torch.Tensor, query_mas
 def gram(tokens: torch.Tensor) -> torch.Tensor:
     """Per-item Gram matrices (N, T, T) of token sets (N, T, D)."""
     return tokens @ tokens.transpose(-1, -2)
+
+
+def context_norms(context: torch.Tensor, query_tokens: int) -> torch.Tensor:
+    """What `scores_from_logits` takes for the attended vectors' norms, from the context tokens
+    (A|1, B|1, K, D) of pairs that query with `query_tokens` tokens: their Gram matrices, which
+    cost K*K*D per context item and are shared by every pair that item is broadcast over; or, where
+    each pair has its own context items (top-K candidates gathered per query) and K > query_tokens,
+    the tokens themselves, since forming the attended vectors (query_tokens*K*D per pair) then
+    costs less than a Gram per pair (with 49 regions and 15 words, about a third)."""
+    own_items = context.shape[0] > 1 and context.shape[1] > 1
+    if own_items and context.shape[-2] > query_tokens and context.shape[-2] != context.shape[-1]:
+        return context
+    return gram(context)
 
 
 def _any_padding(mask: torch.Tensor) -> bool:
@@ -195,13 +213,17 @@ def scan_pair_scores(
     """SCAN scores of explicit pairs laid out (A, B): regions (A|1, B|1, R, D) with their masks,
     words (A|1, B|1, L, D); e.g. one caption (A) against its K candidate images (B). Returns (A, B)."""
     check_options(direction, aggregation)
-    regions = regions * region_mask.unsqueeze(-1)
-    words = words * word_mask.unsqueeze(-1)
+    region_padded, word_padded = _any_padding(region_mask), _any_padding(word_mask)
+    if region_padded:  # candidates gathered per query make these the largest tensors: touch them only if needed
+        regions = regions * region_mask.unsqueeze(-1)
+    if word_padded:
+        words = words * word_mask.unsqueeze(-1)
     logits = torch.matmul(words, regions.transpose(-1, -2))  # (A, B, L, R)
+    n_reg, n_word = regions.shape[-2], words.shape[-2]
     if direction == "t2i":
-        context_mask = region_mask.unsqueeze(-2) if _any_padding(region_mask) else None
-        return scores_from_logits(logits, words.norm(dim=-1), word_mask, context_mask, gram(regions), aggregation,
-                                  lambda_softmax, lambda_lse)
-    context_mask = word_mask.unsqueeze(-2) if _any_padding(word_mask) else None
-    return scores_from_logits(logits.transpose(-1, -2), regions.norm(dim=-1), region_mask, context_mask, gram(words),
-                              aggregation, lambda_softmax, lambda_lse)
+        context_mask = region_mask.unsqueeze(-2) if region_padded else None
+        return scores_from_logits(logits, words.norm(dim=-1), word_mask, context_mask, context_norms(regions, n_word),
+                                  aggregation, lambda_softmax, lambda_lse)
+    context_mask = word_mask.unsqueeze(-2) if word_padded else None
+    return scores_from_logits(logits.transpose(-1, -2), regions.norm(dim=-1), region_mask, context_mask,
+                              context_norms(words, n_reg), aggregation, lambda_softmax, lambda_lse)

@@ -125,8 +125,9 @@ def test_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_pair_scores_equal_all_pairs_scores(direction):
-    regions, rmask, words, wmask = random_inputs(seed=5)
+@pytest.mark.parametrize("n_reg,n_word", [(6, 8), (10, 4), (4, 10)])  # Gram matrices or attended vectors per pair
+def test_pair_scores_equal_all_pairs_scores(direction, n_reg, n_word):
+    regions, rmask, words, wmask = random_inputs(seed=5, n_reg=n_reg, n_word=n_word)
     lam = LAMBDAS[direction]
     full = scan_similarity(regions, rmask, words, wmask, direction, "lse", *lam)
     candidates = torch.tensor([[4, 0, 2], [1, 1, 3]])  # two captions (2, 6), each with three images
@@ -137,6 +138,15 @@ def test_pair_scores_equal_all_pairs_scores(direction):
     by_image = scan_pair_scores(regions[[1, 4], None], rmask[[1, 4], None], words[captions], wmask[captions],
                                 direction, "lse", *lam)
     torch.testing.assert_close(by_image, full[torch.tensor([[1], [4]]), captions], atol=1e-6, rtol=1e-6)
+
+
+def test_context_norms_form_attended_vectors_only_for_per_pair_contexts_larger_than_the_query():
+    from teacher.attention import context_norms
+
+    per_pair, shared = torch.randn(3, 5, 49, 16), torch.randn(3, 1, 49, 16)
+    assert context_norms(per_pair, 15).shape == (3, 5, 49, 16)  # tokens: a Gram per pair would cost more
+    assert context_norms(per_pair, 60).shape == (3, 5, 49, 49)
+    assert context_norms(shared, 15).shape == (3, 1, 49, 49)  # one Gram per item, shared by its pairs
 
 
 def test_blocks_cover_every_pair_once_within_budget():
