@@ -6,10 +6,12 @@ over the context tokens scaled by lambda_softmax. The relevance of query token j
 between it and its attended vector a_j = sum_r alpha_jr context_r; relevances are pooled by
 LogSumExp (lambda_lse) or mean.
 
-The attended vectors are never materialised: <q_j, a_j> = sum_r alpha_jr s_jr reuses the logits,
+The attended vectors are not materialised: <q_j, a_j> = sum_r alpha_jr s_jr reuses the logits,
 and ||a_j||^2 = alpha_j^T G alpha_j with G = C C^T, one small Gram matrix per context item. A block
 of I images x C captions then costs I*C*L*R*(D + R) instead of I*C*L*R*D plus an I*C*L*D tensor,
-where L is the longest caption of a group of similar lengths, not of the whole set.
+where L is the longest caption of a group of similar lengths, not of the whole set. (Explicit pairs
+whose context items are gathered per pair, e.g. a caption's top-K images, form them instead where
+that is cheaper than a Gram matrix per pair: `context_norms`.)
 
 Two layouts share the arithmetic: every image with every caption (`scan_similarity`, all-pairs
 scoring and training) and explicit pairs (`scan_pair_scores`, a query with its candidates).
@@ -197,7 +199,6 @@ def scan_similarity(
                                                          context_mask, word_grams[None], aggregation,
                                                          lambda_softmax, lambda_lse)
     return groups.restore(out, dim=1)
-    return out
 
 
 def scan_pair_scores(
