@@ -76,8 +76,8 @@ class StoredSide:
         tokens = np.asarray(self.tokens[ids, :width])  # only the columns some row uses
 
         def tensor(a: np.ndarray) -> torch.Tensor:
-            """On the device in the stored dtype, then float32: torch converts float16 about twice as fast
-            as numpy on a CPU (top-K scoring gathers R x D tokens per candidate), and a GPU receives half the bytes."""
+            """On the device in the stored dtype, then float32: torch converts float16 faster than numpy on
+            a CPU (top-K scoring gathers R x D tokens per candidate), and a GPU receives half the bytes."""
             out = torch.from_numpy(np.require(a, requirements=["C", "W"])).to(self.device)
             return out.float() if out.is_floating_point() else out
 
