@@ -72,7 +72,7 @@ class TextTower(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
         if self.top_layers:  # one pass over the whole batch: what traces into the exported graph
             cut = self.trunk(input_ids, attention_mask)
-            return self._output(self._run(self._layers()[-self.top_layers:], cut.tokens, cut.mask), attention_mask)
+            return self._output(self._run(self.top_modules(), cut.tokens, cut.mask), attention_mask)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._output(hidden, attention_mask)
 
@@ -92,7 +92,7 @@ class TextTower(nn.Module):
         come out as zeros; valid ones equal `forward`'s."""
         if not self.top_layers:
             return cut
-        layers, groups = self._layers()[-self.top_layers:], length_groups(cut.mask)
+        layers, groups = self.top_modules(), length_groups(cut.mask)
         width = cut.tokens.shape[1]
         parts = []
         for start, stop, used in groups.spans:
