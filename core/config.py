@@ -745,9 +745,12 @@ class BenchConfig:
     teacher_max_gib: float = 2.0  # teacher token features held in memory at most; larger galleries are extrapolated
     scaling_max_query_s: float = 2.0  # stop measuring the teacher once one query takes longer; extrapolate the rest
     usable_ms: float = 100.0  # the per-query latency at which the report calls a gallery size no longer usable
+    image_batch: int = 32  # gallery indexing: images per encoder call (timed beside one image, an image query)
+    image_budget_s: float = 2.0  # timed seconds per image-encoding row at most (at least 3 calls)
 
     def problems(self) -> list[str]:
         out = _non_negative(self, "warmup") + _positive(self, "repeats", "queries", "matrix_budget_s", "scaling_budget_s",
+                                                         "image_batch", "image_budget_s",
                                                          "teacher_max_gib", "scaling_max_query_s", "usable_ms")
         for name in ("batch_sizes", "caption_lengths", "gallery_sizes"):
             values = getattr(self, name)

@@ -1,4 +1,5 @@
-"""Latency benchmark: batch-1 caption encoding and per-query text-to-image retrieval.
+"""Latency benchmark: batch-1 caption encoding, per-query text-to-image retrieval, and the student's
+image encoding (what indexing a gallery costs per image).
 
 Gallery features are computed once beforehand (as a deployed index would hold them): image
 embeddings for the student, projected region tokens for the teacher. A query then costs, for the
@@ -6,18 +7,20 @@ student, one caption encoding plus a matrix-vector product and top-k; for the te
 caption encoding plus cross attention against every gallery image and top-k; for re-ranking, the
 student's query and top-K, then the teacher's caption encoding and cross attention against those
 K images only. All run in the same process on the same captions; CUDA rows are added when a GPU
-is present.
+is present. Image encoding is timed on one image (an image query) and on a batch of
+`bench.image_batch` (building the index), from pixels already decoded and resized (or region
+features): the encoder's cost, which a second image backbone (`image_tower.also`) adds to.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from core.config import BenchConfig
-from core.data.images import ImagePreprocess
+from core.data.images import ImagePreprocess, load_image
 from core.data.records import CaptionSplit
 from core.io import read_json
 from core.machine import machine_info
@@ -34,6 +37,26 @@ from teacher.scoring import encode_split as teacher_encode
 TOP_K = 10
 
 
+def gallery_inputs(split: CaptionSplit, preprocess: ImagePreprocess | None, n: int) -> np.ndarray:
+    """The split's first `n` images as the image tower takes them: preprocessed pixels (N, 3, H, W), or
+    region features (N, R, D)."""
+    n = min(n, split.n_images)
+    if split.features is not None:
+        return np.asarray(split.features[:n], dtype=np.float32)
+    return np.stack([preprocess(load_image(path)) for path in split.image_paths[:n]])
+
+
+def _image_rows(encode: Callable[[np.ndarray], Any], images: np.ndarray, cfg: BenchConfig, base: dict[str, Any],
+                sync: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """The student's image encoding on one image and on all of `images`, with the p50 per image."""
+    rows = []
+    for batch in sorted({1, len(images)}):
+        timing = time_calls(lambda i, b=batch: encode(images[:b]), cfg.warmup, cfg.repeats, sync, cfg.image_budget_s)
+        rows.append({"measure": "image_encoding", "system": "student", **base, "batch": batch, **timing,
+                     "per_image_ms": timing["p50_ms"] / batch})
+    return rows
+
+
 def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
                 teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
                 cfg: BenchConfig, device: torch.device, rerank_k: list[int],
@@ -45,6 +68,10 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
     gallery_tokens, _ = teacher_encode(teacher, split, teacher_pre, 128, device, progress=False)
     k = min(TOP_K, split.n_images)
     rows = []
+
+    @torch.no_grad()
+    def encode_images(images: np.ndarray) -> torch.Tensor:
+        return student.encode_images(torch.from_numpy(images).to(device))
 
     @torch.no_grad()
     def encode(i: int) -> torch.Tensor:
@@ -83,7 +110,7 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
     rows += [{"measure": "retrieval", "system": f"rerank-top{depth}", **base, "gallery": split.n_images,
               **time_calls(rerank_query(min(depth, split.n_images)), cfg.warmup, cfg.repeats, sync)}
              for depth in rerank_k]
-    return rows
+    return rows + _image_rows(encode_images, gallery_inputs(split, student_pre, cfg.image_batch), cfg, base, sync)
 
 
 def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: BenchConfig,
@@ -103,11 +130,15 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
         top = np.argpartition(-scores, k - 1)[:k]
         return top[np.argsort(-scores[top])]
 
+    def encode_images(images: np.ndarray) -> np.ndarray:
+        return runtime.encode_arrays(images, batch_size=len(images))
+
     base = {"backend": "onnxruntime", "variant": variant, "device": "cuda" if on_gpu else "cpu", "provider": provider,
             "io_binding": on_gpu}
     return [
         {"measure": "caption_encoding", "system": "student", **base, "batch": 1, **time_calls(encode, cfg.warmup, cfg.repeats)},
         {"measure": "retrieval", "system": "student", **base, "gallery": split.n_images, **time_calls(query, cfg.warmup, cfg.repeats)},
+        *_image_rows(encode_images, gallery_inputs(split, runtime.preprocess, cfg.image_batch), cfg, base),
     ]
 
 

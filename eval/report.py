@@ -90,8 +90,9 @@ def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
             checks[f"{group}_r1_drop_within_{parity.r1_drop_bound:g}"] = parity.within_bound
     return {"split": results.split, "folds": results.folds, "gallery_images": results.gallery_images,
             "captions_per_image": results.captions_per_image,
-            "systems": rows, "checks": checks, "machine": bench.get("machine"), "caption_encoding":
-            [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
+            "systems": rows, "checks": checks, "machine": bench.get("machine"),
+            "caption_encoding": [r for r in bench.get("rows", []) if r["measure"] == "caption_encoding"],
+            "image_encoding": [r for r in bench.get("rows", []) if r["measure"] == "image_encoding"],
             "scaling": bench.get("scaling"), "matrix": bench.get("matrix")}
 
 
@@ -226,6 +227,11 @@ def to_markdown(summary: dict, command: str, figures: dict[str, str] | None = No
                   "| backend | variant | device | p50 ms | p95 ms |", "|---|---|---|---|---|"]
         lines += [f"| {r['backend']} | {r.get('variant') or '-'} | {r['device']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |"
                   for r in summary["caption_encoding"]]
+    if summary.get("image_encoding"):
+        lines += ["", "Image encoding (student; gallery indexing, from decoded and resized pixels):", "",
+                  "| backend | variant | device | batch | p50 ms | ms per image |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r.get('variant') or '-'} | {r['device']} | {r['batch']} | {r['p50_ms']:.2f} | "
+                  f"{r['per_image_ms']:.2f} |" for r in summary["image_encoding"]]
     figures = figures or {}
     if "accuracy" in figures:
         lines += ["", f"![accuracy against latency]({figures['accuracy']})"]

@@ -78,7 +78,7 @@ def test_bench_writes_matrix_scaling_and_figures(finished_run):
     assert "Not measured here: exact-torch-cuda (no CUDA device)" in (run / "bench" / "bench.md").read_text()
     report = (run / "report.md").read_text()
     for text in ("## Latency against gallery size", "Cost model.", "(extrapolated)", "figures/latency_vs_gallery.png",
-                 "## Caption encoder", "onnxruntime-cpu-int8"):
+                 "## Caption encoder", "onnxruntime-cpu-int8", "Image encoding (student; gallery indexing"):
         assert text in report, text
 
 

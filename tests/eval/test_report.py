@@ -26,6 +26,8 @@ BENCH = {"machine": {"cpu": "cpu", "cpu_count": 2, "memory_gib": 1, "gpu": None,
     {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "variant": "fp32", "device": "cpu", "p50_ms": 1.0},
     {"measure": "retrieval", "system": "student", "backend": "onnxruntime", "variant": "int8", "device": "cpu", "p50_ms": 0.8},
     {"measure": "caption_encoding", "system": "student", "backend": "pytorch", "device": "cpu", "p50_ms": 3.0, "p95_ms": 3.5},
+    {"measure": "image_encoding", "system": "student", "backend": "onnxruntime", "variant": "int8", "device": "cpu",
+     "batch": 32, "p50_ms": 64.0, "per_image_ms": 2.0},
 ]}
 
 
@@ -49,6 +51,7 @@ def test_report_files(tmp_path):
     assert "| Teacher: SCAN cross attention | 0 |" in md
     assert "210.0 ± 10.0" in md and "40.0x" in md
     assert "| ONNX student int8 (distilled-seed0, onnxruntime) |" in md and "onnx-int8_r1_drop_within_2: NO" in md
+    assert "| onnxruntime | int8 | cpu | 32 | 64.00 | 2.00 |" in md  # image encoding: per call and per image
     assert "Reproduce: `itr-distill run x.yaml`" in md
     assert (tmp_path / "report.json").is_file()
 
