@@ -25,6 +25,8 @@ from core.data.batching import NEIGHBOUR_BLOCK_BYTES
 from core.data.split_names import selected
 from core.paths import resolve_path
 from core.run_layout import RunPaths
+from core.schema import stage_key
+from distill.teacher_runs import fitted_teachers
 from distill.terms import uses_teacher
 from distill.variants import variant_config
 from eval.examples import teacher_pairs as example_pairs
@@ -285,22 +287,55 @@ def _training(stage: StagePlan, model_cfg: TeacherConfig | StudentConfig, size: 
     stage.disk_bytes += runs * (kept * 12 * size.trainable + 4 * (size.trainable + size.frozen))
 
 
-def _frozen_disk(size: ModelSize, model_cfg: TeacherConfig | StudentConfig, shapes: dict[str, SplitShape]) -> int:
-    """Frozen-tower caches (float16) of the three splits."""
+def _frozen_caches(size: ModelSize, model_cfg: TeacherConfig | StudentConfig, shapes: dict[str, SplitShape]) -> dict[str, int]:
+    """Frozen-tower caches (float16) of the three splits, by the tower settings that key them: models
+    with the same frozen tower (an ensemble's members) share one cache."""
     n_img = sum(s.images for s in shapes.values())
     n_cap = sum(s.captions for s in shapes.values())
     image = n_img * size.cached_image_tokens * size.cached_image_width * 2 if size.image_frozen and size.image_width and \
         model_cfg.image_tower.kind != "features" else 0
     text = n_cap * model_cfg.text_tower.max_length * size.text_width * 2 if size.text_frozen else 0
-    return image + text
+    return {json.dumps(stage_key(model_cfg.image_tower), sort_keys=True): image,
+            json.dumps(stage_key(model_cfg.text_tower), sort_keys=True): text}
 
 
-def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dict[str, ModelSize]) -> StagePlan:
+def _frozen_disk(size: ModelSize, model_cfg: TeacherConfig | StudentConfig, shapes: dict[str, SplitShape]) -> int:
+    return sum(_frozen_caches(size, model_cfg, shapes).values())
+
+
+def _token_store_bytes(split: SplitShape, size: ModelSize, teacher: TeacherConfig, token_item: int) -> int:
+    """One teacher's token store of a split: projected tokens with their masks, and the global vectors."""
+    d = teacher.embed_dim
+    return (split.images * size.image_tokens + split.captions * teacher.text_tower.max_length) * (d * token_item + 1) + \
+        (split.images + split.captions) * d * token_item
+
+
+def _teacher_fit(stage: StagePlan, members: list[tuple[TeacherConfig, ModelSize]], shapes: dict[str, SplitShape]) -> None:
+    """The teacher fit: each teacher trained in turn (the largest sets the peak), their frozen caches
+    written once per tower; an ensemble then scores val with every member to choose its weights."""
+    caches: dict[str, int] = {}
+    for teacher, size in members:
+        one = StagePlan(stage.name, [], [])
+        _training(one, teacher, size, shapes["train"], shapes["val"], teacher=True)
+        if one.peak_bytes > stage.peak_bytes:
+            stage.memory, stage.knobs = one.memory, one.knobs
+        stage.disk_bytes += one.disk_bytes
+        stage.teacher_pairs += one.teacher_pairs
+        caches.update(_frozen_caches(size, teacher, shapes))
+    stage.disk_bytes += sum(caches.values())
+    if len(members) > 1:
+        stage.teacher_pairs += len(members) * shapes["val"].images * shapes["val"].captions
+
+
+def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: ModelSize,
+               teachers: list[ModelSize]) -> StagePlan:
     """The plan of one stage (`data`, `teacher fit`, `teacher tokens SPLIT`, `teacher score SPLIT[-topk]`,
-    `distill VARIANT`, `export`, `eval`, `bench`)."""
+    `distill VARIANT`, `export`, `eval`, `bench`). With a teacher ensemble, every member counts: each is
+    fitted, encodes its token store and scores every pair the ensemble scores."""
     train, val, test = shapes["train"], shapes["val"], shapes["test"]
-    teacher, d = sizes["teacher"], cfg.teacher.embed_dim
-    words = cfg.teacher.text_tower.max_length
+    members = list(zip((c.teacher for c in fitted_teachers(cfg)), teachers, strict=True))
+    n_teachers = len(members)
+    teachers_bytes = sum(4 * (size.trainable + size.frozen) for _, size in members)  # every member's weights, held together
     token_item = 2 if cfg.scores.token_dtype == "float16" else 4
     block = int(cfg.scores.block_gib * GIB)
     chunk = cfg.teacher.scan.max_chunk_elements * 4 * 8  # one block of word-region logits and what is derived from it
@@ -309,31 +344,31 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
         s = StagePlan(name, [cfg.data.path or "generated scenes"], [_name(RUN.data_summary), _name(RUN.file_checks)])
         s.memory = {"captions": sum(x.captions for x in shapes.values()) * CAPTION_BYTES, "feature check block": 64 << 20}
     elif name == "teacher fit":
-        s = StagePlan(name, ["train", "val"], [_name(RUN.teacher, "/")])
-        _training(s, cfg.teacher, teacher, train, val, teacher=True)
-        s.disk_bytes += _frozen_disk(teacher, cfg.teacher, shapes)
+        s = StagePlan(name, ["train", "val"], [_name(RUN.teacher_ensemble if cfg.teacher.ensemble else RUN.teacher, "/")])
+        _teacher_fit(s, members, shapes)
     elif kind == "teacher" and rest.startswith("tokens"):
         split = shapes[rest.split()[1]]
         s = StagePlan(name, [_name(RUN.teacher, "/"), rest.split()[1]], [_name(RUN.teacher_tokens(rest.split()[1]), "/")])
-        s.disk_bytes = (split.images * teacher.image_tokens + split.captions * words) * (d * token_item + 1) + \
-            (split.images + split.captions) * d * token_item
-        s.memory = {"model": 4 * (teacher.trainable + teacher.frozen), "encoding batch": cfg.eval.batch_size * (
-            teacher.image_tokens * max(teacher.image_width, d) + words * max(teacher.text_width, d)) * 4 * 4}
+        s.disk_bytes = sum(_token_store_bytes(split, size, t, token_item) for t, size in members)
+        s.memory = {"model": max(4 * (size.trainable + size.frozen) for _, size in members),  # one member at a time
+                    "encoding batch": max(cfg.eval.batch_size * (
+                        size.image_tokens * max(size.image_width, t.embed_dim) +
+                        t.text_tower.max_length * max(size.text_width, t.embed_dim)) * 4 * 4 for t, size in members)}
     elif kind == "teacher" and rest.startswith("score"):
         which = rest.split()[1]
         split = shapes[which.removesuffix("-topk")]
         base = which.removesuffix("-topk")
         out = RUN.topk_scores(base) if which.endswith("-topk") else RUN.scores(base)
         s = StagePlan(name, [_name(RUN.teacher_tokens(base), "/")], [_name(out, "/")])
-        s.memory = {"scoring block": block + chunk, "model": 4 * (teacher.trainable + teacher.frozen)}
+        s.memory = {"scoring block": block + chunk, "model": teachers_bytes}
         s.knobs = {"scoring block": "scores.block_gib"}
         if which.endswith("-topk"):
             k = cfg.scores.top_k
-            s.teacher_pairs = (split.images + split.captions) * k
+            s.teacher_pairs = n_teachers * (split.images + split.captions) * k
             s.disk_bytes = 2 * (split.images + split.captions) * k * 12
             s.memory["first-stage embeddings"] = (split.images + split.captions) * cfg.student.embedding_dim * 4 * 2
         else:
-            s.teacher_pairs = split.images * split.captions
+            s.teacher_pairs = n_teachers * split.images * split.captions
             s.disk_bytes = split.images * split.captions * 4
     elif kind == "distill":
         student_cfg = variant_config(cfg, rest)
@@ -350,16 +385,16 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
                 steps = student_cfg.train.epochs * (train.captions // b) * (b * b + 2 * b * queued)
                 calibration = CALIBRATION_BATCHES * min(b, train.images) ** 2 \
                     if student_cfg.losses.kd.teacher_temperature == "auto" else 0
-                s.teacher_pairs = seeds * (steps + calibration)
-                s.memory["online teacher"] = 4 * (teacher.trainable + teacher.frozen) + chunk + \
-                    b * (teacher.image_tokens + words) * d * 4 * 2
+                s.teacher_pairs = n_teachers * seeds * (steps + calibration)
+                s.memory["online teacher"] = teachers_bytes + chunk + \
+                    sum(b * (size.image_tokens + t.text_tower.max_length) * t.embed_dim * 4 * 2 for t, size in members)
         if m.queue_size or student_cfg.losses.cached_kd.weight > 0:
             s.memory["momentum encoder, queues, bank"] = 4 * size.trainable + 2 * m.queue_size * e * 4 + \
                 2 * m.token_queue_size * student_cfg.embed_dim * 4 + \
                 ((train.images + train.captions) * e * 4 if student_cfg.losses.cached_kd.weight > 0 else 0)
         s.disk_bytes += _frozen_disk(size, student_cfg, shapes) if rest == "baseline" else 0
     elif name == "export":
-        size = sizes["student"]
+        size = student
         s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), cfg.eval.split], [_name(RUN.export, "/")])
         s.memory = {"student and ONNX sessions": 4 * (size.trainable + size.frozen) * 6,
                     "gate images": cfg.export.gate_images * (size.image_tokens * size.image_width + 3 * 224 * 224) * 4}
@@ -376,8 +411,8 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, sizes: dic
         blocks = sum(f * (test.images // f) * (test.captions // f) for f in scored_folds(cfg.eval.protocols))
         rerank = sum(test.images * min(k, test.captions // f) + test.captions * min(k, test.images // f)
                      for f in cfg.eval.protocols for k in cfg.eval.rerank_k)
-        s.teacher_pairs = blocks + rerank + example_pairs(test.images, test.captions)
-        s.disk_bytes = (test.images * teacher.image_tokens + test.captions * words) * (d * token_item + 1)
+        s.teacher_pairs = n_teachers * (blocks + rerank + example_pairs(test.images, test.captions))
+        s.disk_bytes = sum(_token_store_bytes(test, size, t, token_item) for t, size in members)
     elif name == "bench":
         s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.export, "/"), cfg.eval.split], [_name(RUN.bench.parent, "/")])
         s.memory = {"teacher gallery tokens": int(cfg.bench.teacher_max_gib * GIB * 1.25),
@@ -420,8 +455,8 @@ def make_plan(cfg: Config, names: list[str] | None = None, shapes: dict[str, Spl
     """The plan of `names` (default: every stage of `run`), with what exceeds a limit; `shapes`
     replaces the data's own (e.g. to project a run to another dataset's size)."""
     shapes = shapes or split_shapes(cfg)
-    sizes = {"teacher": model_size(cfg, cfg.teacher), "student": model_size(cfg, cfg.student)}
-    stages = [stage_plan(cfg, shapes, n, sizes) for n in (names or run_stages(cfg, shapes))]
+    student, teachers = model_size(cfg, cfg.student), [model_size(cfg, c.teacher) for c in fitted_teachers(cfg)]
+    stages = [stage_plan(cfg, shapes, n, student, teachers) for n in (names or run_stages(cfg, shapes))]
     memory_limit, (disk_limit, disk_where) = _memory_limit(cfg), _disk_limit(cfg)
     problems = []
     train = shapes["train"]

@@ -7,6 +7,7 @@ an ensemble teacher (`teacher.ensemble`) fit and read them there.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from core.config import Config, apply_overrides
 from core.run_layout import RunPaths
@@ -15,20 +16,36 @@ from core.schema import build, to_dict
 REFERENCE = "configured"
 
 
-def variant_run(cfg: Config, name: str, seed: int) -> Config:
+def variant_config(cfg: Config, name: str, seed: int) -> Config:
     """The config of one named teacher at a seed, as a single teacher (never an ensemble): the run's
-    own config for the configured teacher at the run's seed, else the variant's run directory."""
+    own config for the configured teacher at the run's seed, else the variant's, whose run directory
+    is `run_dir/teachers/<name>-seed<seed>`. Makes no directory (the plan reads it too)."""
     if name == REFERENCE and seed == cfg.seed:
         return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, ensemble=""))
     overrides = cfg.experiment.teacher_variants.get(name, [])
-    root = RunPaths(cfg.run_dir)
-    run_dir = root.teacher_variant(name, seed)
+    run_dir = RunPaths(cfg.run_dir).teacher_variant(name, seed)
     raw = apply_overrides(to_dict(cfg), [*overrides, f"run_dir={run_dir}", f"seed={seed}"])
     raw["teacher"]["ensemble"] = ""
-    variant = build(Config, raw, f"experiment.teacher_variants.{name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return build(Config, raw, f"experiment.teacher_variants.{name}")
+
+
+def variant_run(cfg: Config, name: str, seed: int) -> Config:
+    """`variant_config`, with the variant's run directory made and sharing the run's frozen caches."""
+    variant = variant_config(cfg, name, seed)
+    if variant.run_dir == cfg.run_dir:
+        return variant
+    root = RunPaths(cfg.run_dir)
+    Path(variant.run_dir).mkdir(parents=True, exist_ok=True)
     root.features.mkdir(parents=True, exist_ok=True)
-    shared = RunPaths(run_dir).features
+    shared = RunPaths(variant.run_dir).features
     if not shared.exists():
         shared.symlink_to(root.features.resolve(), target_is_directory=True)
     return variant
+
+
+def fitted_teachers(cfg: Config) -> list[Config]:
+    """The single teachers a run fits and scores with: its configured teacher, or each member of the
+    ensemble `teacher.ensemble` names (at the run's seed)."""
+    if not cfg.teacher.ensemble:
+        return [cfg]
+    return [variant_config(cfg, name, cfg.seed) for name in cfg.experiment.teacher_ensembles[cfg.teacher.ensemble]]

@@ -87,3 +87,32 @@ def test_a_further_backbone_widens_the_tokens_and_counts_its_parameters():
     tower = TimmImageTower(two.teacher.image_tower)
     assert size.image_tokens == whole.image_tokens and size.image_width == tower.out_dim == whole.image_width + 256
     assert size.frozen - whole.frozen == sum(p.numel() for p in tower.also.parameters())
+
+
+def test_an_ensemble_teacher_counts_every_member_and_its_shared_caches_once(tmp_path):
+    from distill.plan import _frozen_disk, model_size
+
+    base = [f"run_dir={tmp_path / 'run'}", "teacher.image_tower.freeze=true", "teacher.text_tower.freeze=true",
+            "scores.top_k=8", "experiment.teacher_variants.wide=[teacher.embed_dim=256]"]
+    configs = {"configured": load_config(None, base), "wide": load_config(None, [*base, "teacher.embed_dim=256"]),
+               "pair": load_config(None, [*base, "experiment.teacher_ensembles.pair=[configured, wide]",
+                                          "teacher.ensemble=pair"])}
+    names = ["teacher fit", "teacher tokens train", "teacher score train", "teacher score train-topk", "eval"]
+    plans = {k: {s.name: s for s in make_plan(c, names).stages} for k, c in configs.items()}
+    one, wide, pair = plans["configured"], plans["wide"], plans["pair"]
+    val, single = split_shapes(configs["pair"])["val"], configs["configured"]
+    shared = _frozen_disk(model_size(single, single.teacher), single.teacher, split_shapes(single))
+    assert shared > 0
+    fit = pair["teacher fit"]  # both fitted (their frozen caches are the same), then both score val for the weights
+    assert fit.teacher_pairs == one["teacher fit"].teacher_pairs + wide["teacher fit"].teacher_pairs + \
+        2 * val.images * val.captions
+    assert fit.disk_bytes == one["teacher fit"].disk_bytes + wide["teacher fit"].disk_bytes - shared
+    assert fit.peak_bytes == max(one["teacher fit"].peak_bytes, wide["teacher fit"].peak_bytes)
+    assert fit.writes == ["teacher_ensemble/"]
+    for name in ("teacher score train", "teacher score train-topk", "eval"):
+        assert pair[name].teacher_pairs == 2 * one[name].teacher_pairs > 0, name
+    for name in ("teacher tokens train", "eval"):
+        assert pair[name].disk_bytes == one[name].disk_bytes + wide[name].disk_bytes, name
+    assert pair["teacher score train"].memory["model"] == \
+        one["teacher score train"].memory["model"] + wide["teacher score train"].memory["model"]
+    assert not (tmp_path / "run").exists()  # planning makes no member's run directory
