@@ -16,7 +16,7 @@ from core.schema import build, to_dict
 REFERENCE = "configured"
 
 
-def variant_config(cfg: Config, name: str, seed: int) -> Config:
+def teacher_variant_config(cfg: Config, name: str, seed: int) -> Config:
     """The config of one named teacher at a seed, as a single teacher (never an ensemble): the run's
     own config for the configured teacher at the run's seed, else the variant's, whose run directory
     is `run_dir/teachers/<name>-seed<seed>`. Makes no directory (the plan reads it too)."""
@@ -30,8 +30,8 @@ def variant_config(cfg: Config, name: str, seed: int) -> Config:
 
 
 def variant_run(cfg: Config, name: str, seed: int) -> Config:
-    """`variant_config`, with the variant's run directory made and sharing the run's frozen caches."""
-    variant = variant_config(cfg, name, seed)
+    """`teacher_variant_config`, with the variant's run directory made and sharing the run's frozen caches."""
+    variant = teacher_variant_config(cfg, name, seed)
     if variant.run_dir == cfg.run_dir:
         return variant
     root = RunPaths(cfg.run_dir)
@@ -48,4 +48,4 @@ def fitted_teachers(cfg: Config) -> list[Config]:
     ensemble `teacher.ensemble` names (at the run's seed)."""
     if not cfg.teacher.ensemble:
         return [cfg]
-    return [variant_config(cfg, name, cfg.seed) for name in cfg.experiment.teacher_ensembles[cfg.teacher.ensemble]]
+    return [teacher_variant_config(cfg, name, cfg.seed) for name in cfg.experiment.teacher_ensembles[cfg.teacher.ensemble]]
