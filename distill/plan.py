@@ -328,12 +328,12 @@ def _teacher_fit(stage: StagePlan, members: list[tuple[TeacherConfig, ModelSize]
 
 
 def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: ModelSize,
-               teachers: list[ModelSize]) -> StagePlan:
+               members: list[tuple[TeacherConfig, ModelSize]]) -> StagePlan:
     """The plan of one stage (`data`, `teacher fit`, `teacher tokens SPLIT`, `teacher score SPLIT[-topk]`,
     `distill VARIANT`, `export`, `eval`, `bench`). With a teacher ensemble, every member counts: each is
-    fitted, encodes its token store and scores every pair the ensemble scores."""
+    fitted, encodes its token store and scores every pair the ensemble scores (`members`: each
+    fitted teacher's config and size)."""
     train, val, test = shapes["train"], shapes["val"], shapes["test"]
-    members = list(zip((c.teacher for c in fitted_teachers(cfg)), teachers, strict=True))
     n_teachers = len(members)
     teachers_bytes = sum(4 * (size.trainable + size.frozen) for _, size in members)  # every member's weights, held together
     token_item = 2 if cfg.scores.token_dtype == "float16" else 4
@@ -455,8 +455,9 @@ def make_plan(cfg: Config, names: list[str] | None = None, shapes: dict[str, Spl
     """The plan of `names` (default: every stage of `run`), with what exceeds a limit; `shapes`
     replaces the data's own (e.g. to project a run to another dataset's size)."""
     shapes = shapes or split_shapes(cfg)
-    student, teachers = model_size(cfg, cfg.student), [model_size(cfg, c.teacher) for c in fitted_teachers(cfg)]
-    stages = [stage_plan(cfg, shapes, n, student, teachers) for n in (names or run_stages(cfg, shapes))]
+    student = model_size(cfg, cfg.student)
+    members = [(c.teacher, model_size(cfg, c.teacher)) for c in fitted_teachers(cfg)]
+    stages = [stage_plan(cfg, shapes, n, student, members) for n in (names or run_stages(cfg, shapes))]
     memory_limit, (disk_limit, disk_where) = _memory_limit(cfg), _disk_limit(cfg)
     problems = []
     train = shapes["train"]
