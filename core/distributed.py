@@ -14,8 +14,10 @@ import datetime
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,7 @@ import torch.distributed.nn.functional as dist_nn
 
 from core.run_layout import RunPaths
 
+T = TypeVar("T")
 RUN_DIR_SHARED = ("the run directory must be on a file system every node shares (e.g. NFS/Lustre); "
                   "see README 'Several machines'")
 
@@ -48,6 +51,12 @@ class Ranks:
         out: list = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def on_main(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on rank 0 alone while the other ranks wait; every rank returns rank 0's result
+        (picklable). For the steps of a torchrun command that must not run once per rank: writing a
+        file every rank reads, evaluating, writing a table."""
+        return self.all_objects(fn(*args) if self.is_main else None)[0]
 
     def mine(self, items: list) -> list:
         """This rank's share of `items` (round robin, so shares differ by at most one)."""

@@ -3,10 +3,14 @@ evaluate them on the evaluation split, and write the ablation table (JSON + Mark
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from core.config import STUDENT_VARIANTS, Config, StudentConfig
 from core.devices import resolve_device
+from core.distributed import Ranks, ranks_from_env
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
 from core.run_layout import ModelDir, RunPaths
@@ -20,6 +24,7 @@ from distill.stages import (
     stage_teacher_score,
     stage_teacher_tokens,
     stage_teacher_topk,
+    training_backend,
 )
 from distill.student_stage import stage_distill
 from distill.variants import component_on, reads_teacher, variant_config
@@ -55,10 +60,11 @@ def _structure(student: StudentConfig, terms: list[str]) -> list[str]:
     return parts
 
 
-def _prerequisites(cfg: Config, variants: list[str], force: bool, resume: bool) -> None:
+def _prerequisites(cfg: Config, variants: list[str], force: bool, resume: bool, ranks: Ranks) -> None:
     """Data, the baseline students (a top-K cache's first stage), and when a variant reads the teacher,
-    the teacher and its score caches (contrastive-only rows need none of it)."""
-    stage_data(cfg, force)
+    the teacher and its score caches (contrastive-only rows need none of it). Under torchrun each runs
+    where `run` runs it: data and the all-pairs cache on rank 0, the rest sharded."""
+    ranks.on_main(stage_data, cfg, force)
     teacher = any(reads_teacher(variant_config(cfg, v)) for v in variants)
     if teacher:
         stage_teacher_fit(cfg, force, resume)
@@ -67,33 +73,44 @@ def _prerequisites(cfg: Config, variants: list[str], force: bool, resume: bool) 
     if not teacher:
         return
     kd = kd_teacher_stage(cfg)
-    if kd is not None:
-        (stage_teacher_tokens if kd == "teacher tokens train" else stage_teacher_score)(cfg, "train", force)
+    if kd == "teacher tokens train":
+        stage_teacher_tokens(cfg, "train", force)
+    elif kd is not None:
+        ranks.on_main(stage_teacher_score, cfg, "train", force)
     if cfg.scores.top_k > 0:
         stage_teacher_topk(cfg, "train", force)
 
 
 def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, force: bool = False,
                  resume: bool = False) -> dict[str, Any]:
-    """Train and evaluate every variant (whose component the config turns on) for every seed."""
+    """Train and evaluate every variant (whose component the config turns on) for every seed. Under
+    torchrun the trainings shard over the ranks; rank 0 alone evaluates and writes the table, and every
+    rank returns it."""
     variants = variants or list(ROWS)
     unknown = [v for v in variants if v not in STUDENT_VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variant(s) {unknown} (expected some of {list(ROWS)})")
-    _prerequisites(cfg, variants, force, resume)
-    paths, device = RunPaths(cfg.run_dir), resolve_device(cfg.device)
-    split = load_split(cfg, cfg.eval.split)
-    rows, skipped, trained = [], [], {}
+    device = resolve_device(cfg.device)
+    ranks = ranks_from_env(backend=training_backend(device), run_dir=cfg.run_dir)
+    _prerequisites(cfg, variants, force, resume, ranks)
+    trained: dict[str, list[Path]] = {}
     for variant in variants:
-        student_cfg = variant_config(cfg, variant)
         kept = STUDENT_VARIANTS[variant]
-        if kept and not any(component_on(student_cfg, c) for c in kept):
-            skipped.append(variant)
+        if kept and not any(component_on(variant_config(cfg, variant), c) for c in kept):
             continue
+        trained[variant] = [stage_distill(cfg, variant, seed, force, resume) for seed in cfg.experiment.seeds]
+    skipped = [v for v in variants if v not in trained]
+    return ranks.on_main(_write_table, cfg, command, trained, skipped, device)
+
+
+def _write_table(cfg: Config, command: str, trained: dict[str, list[Path]], skipped: list[str],
+                 device: torch.device) -> dict[str, Any]:
+    """Evaluate each variant's students (one per seed) and write the ablation table and training curves."""
+    paths, split = RunPaths(cfg.run_dir), load_split(cfg, cfg.eval.split)
+    rows = []
+    for variant, directories in trained.items():
         per_seed = []
-        for seed in cfg.experiment.seeds:
-            directory = stage_distill(cfg, variant, seed, force, resume)
-            trained[directory.name] = directory
+        for seed, directory in zip(cfg.experiment.seeds, directories, strict=True):
             model = load_model(directory, device)
             sims = student_sims(model, split, model.image_tower.preprocess(), cfg.eval.batch_size, device, False,
                                 frozen_for(model, split, paths.features, cfg.eval.batch_size, device))
@@ -101,7 +118,7 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
                                            cfg.eval.folds))
             log.info("ablation %s seed %d: rsum %.1f", variant, seed, per_seed[-1].rsum)
         terms = list(per_seed[-1].losses)
-        terms = terms + _structure(student_cfg, terms)
+        terms = terms + _structure(variant_config(cfg, variant), terms)
         rows.append({"variant": variant, "label": ROWS.get(variant, variant), "terms": terms,
                      "seeds": list(cfg.experiment.seeds), "per_seed": per_seed})
     train = cfg.student.train
@@ -110,6 +127,6 @@ def stage_ablate(cfg: Config, command: str, variants: list[str] | None = None, f
              "rows": summarise_rows(rows), "skipped": skipped, "machine": machine_info(), "command": command}
     write_json(paths.student_ablation, table)
     write_text(paths.student_ablation.with_suffix(".md"), to_markdown(table))
-    write_training_curves(trained, paths.student_ablation_curves)
+    write_training_curves({d.name: d for dirs in trained.values() for d in dirs}, paths.student_ablation_curves)
     log.info("ablation table written to %s", paths.student_ablation.with_suffix(".md"))
     return table

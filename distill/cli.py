@@ -197,11 +197,13 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
 
         stage_distill(cfg, args.variant, args.seed, args.force, args.resume)
     elif args.command == "ablate":
+        from core.distributed import ranks_from_env
         from distill.ablation import stage_ablate
 
         stage_ablate(cfg, command_line, args.variants, args.force, args.resume)
         report = RunPaths(cfg.run_dir).report_data
-        if report.is_file():  # the run's report gains the table; it keeps the command that made the rest
+        # the run's report gains the table (rank 0 writes it); it keeps the command that made the rest
+        if report.is_file() and ranks_from_env().is_main:
             stages.stage_report(cfg.run_dir, json.loads(report.read_text(encoding="utf-8"))["command"])
     elif args.command == "ablate-teachers":
         from distill.teacher_ablation import stage_ablate_teachers

@@ -35,6 +35,7 @@ from distill.stages import (
     teacher_hash,
     teacher_tokens,
     topk_identity_for,
+    training_backend,
 )
 from distill.terms import StepContext, student_objective, uses_lexical, uses_teacher
 from distill.variants import variant_config
@@ -143,7 +144,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     paths = RunPaths(cfg.run_dir)
     out = paths.student(variant, seed)
     device = resolve_device(cfg.device)
-    ranks = ranks_from_env(backend="nccl" if device.type == "cuda" else "gloo", run_dir=cfg.run_dir)
+    ranks = ranks_from_env(backend=training_backend(device), run_dir=cfg.run_dir)
     device = local_device(device)
     require(cfg, f"distill {variant}")
     student_cfg = variant_config(cfg, variant)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +20,13 @@ import torch
 from core.config import Config
 from core.data.records import CaptionSplit
 from core.devices import resolve_device
+from core.distributed import ranks_from_env
 from core.io import read_json, write_json, write_text
 from core.machine import machine_info
 from core.run_layout import ModelDir, RunPaths
 from core.towers.frozen import frozen_for
 from distill.models import load_model
-from distill.stages import load_split, stage_teacher_fit
+from distill.stages import load_split, stage_teacher_fit, training_backend
 from distill.teacher_runs import REFERENCE, variant_run
 from eval.ablation_table import summarise_rows, to_markdown
 from eval.ensemble import fit_ensemble
@@ -35,10 +38,20 @@ from teacher.scoring import encode_split as teacher_encode
 from teacher.scoring import score_all
 
 log = logging.getLogger("itr_distill")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One variant's fit at one seed: its teacher directory and the seconds the fit (or finding it up to date) took."""
+    seed: int
+    out: Path
+    seconds: float
 def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
                           force: bool = False) -> dict[str, Any]:
     """Fit and evaluate every teacher variant (the configured teacher first) for every seed, then the
-    ensembles of fitted variants (`--force` refits the variants named, never an ensemble's members)."""
+    ensembles of fitted variants (`--force` refits the variants named, never an ensemble's members).
+    Under torchrun every fit shards over the ranks; rank 0 alone evaluates and writes the table, and
+    every rank returns it."""
     ensembles = cfg.experiment.teacher_ensembles
     known = [REFERENCE, *cfg.experiment.teacher_variants, *ensembles]
     names = names or known
@@ -48,33 +61,50 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
                          f"teacher_ensembles name {known[1:]})")
     seeds = seeds or list(cfg.experiment.seeds)
     device = resolve_device(cfg.device)
-    split = load_split(cfg, cfg.eval.split)
-    rows, trained = [], {}
-    for name in (n for n in names if n not in ensembles):
-        per_seed, selection, seconds = [], [], []
+    ranks = ranks_from_env(backend=training_backend(device), run_dir=cfg.run_dir)
+    fits = _fit_variants(cfg, [n for n in names if n not in ensembles], seeds, force)
+    members = dict.fromkeys(m for n in names if n in ensembles for m in ensembles[n] if m not in names)
+    _fit_variants(cfg, list(members), seeds, force=False)  # so rank 0 alone never fits below
+    return ranks.on_main(_write_table, cfg, command, fits, [n for n in names if n in ensembles], seeds, device)
+
+
+def _fit_variants(cfg: Config, names: list[str], seeds: list[int], force: bool) -> dict[str, list[Fit]]:
+    """Each named variant fitted (or found up to date) at each seed, with the seconds it took."""
+    fits: dict[str, list[Fit]] = {}
+    for name in names:
         for seed in seeds:
-            variant = variant_run(cfg, name, seed)
             start = time.perf_counter()
-            out = stage_teacher_fit(variant, force)
-            trained[f"{name}-seed{seed}"] = out
-            seconds.append(time.perf_counter() - start)
-            teacher = load_model(out, device)
-            frozen = frozen_for(teacher, split, RunPaths(variant.run_dir).features, cfg.eval.batch_size, device)
+            out = stage_teacher_fit(variant_run(cfg, name, seed), force)
+            fits.setdefault(name, []).append(Fit(seed, out, time.perf_counter() - start))
+    return fits
+
+
+def _write_table(cfg: Config, command: str, fits: dict[str, list[Fit]], ensembles: list[str], seeds: list[int],
+                 device: torch.device) -> dict[str, Any]:
+    """Evaluate the fitted variants and the named ensembles on the evaluation split; write the table."""
+    split = load_split(cfg, cfg.eval.split)
+    rows = []
+    for name, runs in fits.items():
+        per_seed, selection = [], []
+        for run in runs:
+            teacher = load_model(run.out, device)
+            features = RunPaths(variant_run(cfg, name, run.seed).run_dir).features
+            frozen = frozen_for(teacher, split, features, cfg.eval.batch_size, device)
             metrics, scored = teacher_split_metrics(teacher, split, teacher.image_tower.preprocess(),
                                                     cfg.eval.batch_size, device, False, frozen,
                                                     cfg.eval.protocols[0])  # the table's protocol
-            per_seed.append(SystemResult(f"{name}-seed{seed}", name, seed, metrics, matching=teacher.label, scored=scored))
-            training = read_json(ModelDir(out).training)
+            per_seed.append(SystemResult(f"{name}-seed{run.seed}", name, run.seed, metrics, matching=teacher.label,
+                                         scored=scored))
+            training = read_json(ModelDir(run.out).training)
             chosen = next(h for h in training["history"] if h["epoch"] == training["selected_epoch"])
             selection.append({"epoch": training["selected_epoch"], "rsum": chosen.get("val", {}).get("rsum")})
-            log.info("teacher ablation %s seed %d: rsum %.1f", name, seed, per_seed[-1].rsum)
+            log.info("teacher ablation %s seed %d: rsum %.1f", name, run.seed, per_seed[-1].rsum)
         overrides = cfg.experiment.teacher_variants.get(name, []) or ["as configured"]
         if scored != "every pair":
             overrides = [*overrides, f"evaluated on the {scored}"]
         rows.append({"variant": name, "label": name, "terms": overrides, "seeds": seeds,
-                     "per_seed": per_seed, "selection": selection, "fit_seconds": seconds})
-    for name in (n for n in names if n in ensembles):  # members fitted above or now, never refitted here
-        rows.append(_ensemble_row(cfg, name, seeds, split, device))
+                     "per_seed": per_seed, "selection": selection, "fit_seconds": [r.seconds for r in runs]})
+    rows += [_ensemble_row(cfg, name, seeds, split, device) for name in ensembles]
     train = cfg.teacher.train
     table = {"split": cfg.eval.split, "gallery_images": split.n_images, "seeds": seeds,
              "budget": f"at most {train.epochs} epochs of batch {train.batch_size} unless overridden, "
@@ -84,7 +114,8 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     out = RunPaths(cfg.run_dir).teacher_ablation
     write_json(out, table)
     write_text(out.with_suffix(".md"), to_markdown(table, subject="Teacher", reference="the configured teacher's row"))
-    write_training_curves(trained, RunPaths(cfg.run_dir).teacher_ablation_curves)
+    write_training_curves({f"{name}-seed{r.seed}": r.out for name, runs in fits.items() for r in runs},
+                          RunPaths(cfg.run_dir).teacher_ablation_curves)
     log.info("teacher ablation table written to %s", out.with_suffix(".md"))
     return table
 
@@ -101,7 +132,7 @@ def variant_scores(cfg: Config, name: str, seed: int, split: CaptionSplit, devic
 
 def _ensemble_row(cfg: Config, name: str, seeds: list[int], split: CaptionSplit, device: torch.device) -> dict[str, Any]:
     """An ensemble's row: per seed, its members' scores standardised and weighted as the selection
-    split prefers, evaluated on the eval split."""
+    split prefers, evaluated on the eval split (its members are fitted already, so nothing fits here)."""
     members = cfg.experiment.teacher_ensembles[name]
     selection_split = load_split(cfg, "val")
     per_seed, selection = [], []

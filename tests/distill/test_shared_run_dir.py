@@ -148,3 +148,9 @@ def test_two_torchrun_processes_on_one_directory_pass(tmp_path):
     done = _torchrun_check(tmp_path, [tmp_path / "run"] * 2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("passed") == 2 and list((tmp_path / "run").iterdir()) == []
+
+
+def test_on_main_runs_once_on_rank_0_and_every_rank_gets_its_result():
+    calls = []
+    results = on_ranks(lambda ranks: ranks.on_main(lambda x: calls.append(ranks.rank) or x + ranks.rank, 10))
+    assert calls == [0] and results == [10, 10]
