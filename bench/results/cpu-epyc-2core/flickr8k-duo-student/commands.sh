@@ -34,9 +34,14 @@ import json, numpy as np; from eval.metrics import retrieval_metrics
 m = retrieval_metrics(np.load('$dir/scores/test/scores.npy'), 5); print(json.dumps(m, indent=1))" > $out/teacher-test-metrics.json
 # the distilled student (its per-epoch selection figures: students/distilled-seed0/training.json, train_log.jsonl);
 # an interrupted training continues from its last epoch with --resume
-.venv/bin/itr-distill distill configs/flickr8k.yaml --variant distilled --seed 0 "${set[@]}"
+.venv/bin/itr-distill distill configs/flickr8k.yaml --variant distilled --seed 0 --resume "${set[@]}"
 cp $dir/students/distilled-seed0/training.json $out/distilled-seed0-training.json
 .venv/bin/itr-distill distill configs/flickr8k.yaml --variant baseline --seed 0 "${set[@]}"
 .venv/bin/itr-distill eval configs/flickr8k.yaml "${set[@]}"
 echo "chain finished in $(( $(date +%s) - start )) s"
-cp $dir/eval/results.json $out/
+cp $dir/eval/results.json $out/results-seed0.json
+# then: the ONNX export of distilled-seed0 and the latencies (two image backbones per gallery image), a second
+# distilled seed, and eval again (ONNX rows, both seeds)
+.venv/bin/itr-distill export configs/flickr8k.yaml "${set[@]}"
+.venv/bin/itr-distill bench configs/flickr8k.yaml "${set[@]}"
+cp $dir/bench/latency.json $dir/bench/bench.md $out/
