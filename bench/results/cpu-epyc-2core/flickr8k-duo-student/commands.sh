@@ -45,3 +45,7 @@ cp $dir/eval/results.json $out/results-seed0.json
 .venv/bin/itr-distill export configs/flickr8k.yaml "${set[@]}"
 .venv/bin/itr-distill bench configs/flickr8k.yaml "${set[@]}"
 cp $dir/bench/latency.json $dir/bench/bench.md $out/
+.venv/bin/itr-distill distill configs/flickr8k.yaml --variant distilled --seed 1 --resume "${set[@]}"
+cp $dir/students/distilled-seed1/training.json $out/distilled-seed1-training.json
+.venv/bin/itr-distill eval configs/flickr8k.yaml "${set[@]}"
+cp $dir/eval/results.json $out/
