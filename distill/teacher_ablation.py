@@ -42,10 +42,14 @@ log = logging.getLogger("itr_distill")
 
 @dataclass(frozen=True)
 class Fit:
-    """One variant's fit at one seed: its teacher directory and the seconds the fit (or finding it up to date) took."""
+    """One variant's fit at one seed: its teacher directory and the seconds the fit (or finding it
+    up to date) took."""
+
     seed: int
     out: Path
     seconds: float
+
+
 def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
                           force: bool = False) -> dict[str, Any]:
     """Fit and evaluate every teacher variant (the configured teacher first) for every seed, then the
