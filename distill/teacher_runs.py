@@ -37,10 +37,20 @@ def variant_run(cfg: Config, name: str, seed: int) -> Config:
     root = RunPaths(cfg.run_dir)
     Path(variant.run_dir).mkdir(parents=True, exist_ok=True)
     root.features.mkdir(parents=True, exist_ok=True)
-    shared = RunPaths(variant.run_dir).features
-    if not shared.exists():
-        shared.symlink_to(root.features.resolve(), target_is_directory=True)
+    _share_features(RunPaths(variant.run_dir).features, root.features.resolve())
     return variant
+
+
+def _share_features(link: Path, target: Path) -> None:
+    """Link a variant's feature cache to the run's. Every torchrun rank calls this at once, so the link
+    is made or found (never checked then made); one that leads elsewhere is an error, not overwritten."""
+    try:
+        link.symlink_to(target, target_is_directory=True)
+    except FileExistsError:
+        if link.resolve() != target:
+            found = f"a link to {link.resolve()}" if link.is_symlink() else "not a link"
+            raise FileExistsError(f"{link}: a teacher variant's feature cache must link to the run's {target}, "
+                                  f"but it is {found}; move it aside") from None
 
 
 def fitted_teachers(cfg: Config) -> list[Config]:
