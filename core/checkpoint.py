@@ -11,11 +11,11 @@ from core.io import atomic_path
 from core.weights import load_plain, load_state_dict_file
 
 
-def save_tensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write named tensors to a .safetensors file, atomically."""
+def save_tensors(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write named tensors (and optional string metadata) to a .safetensors file, atomically."""
     state = {k: v.detach().contiguous().cpu().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def save_weights(module: nn.Module, path: str | Path) -> None:

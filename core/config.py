@@ -616,6 +616,9 @@ class ExperimentConfig:
     # Rows that combine fitted teachers (`configured` or teacher_variants names): the sum of their
     # standardised scores, weights chosen on the selection split (e.g. {pair: [configured, lite2]}).
     teacher_ensembles: dict[str, list[str]] = field(default_factory=dict)
+    # `run` packs the distilled students of every seed into one dual encoder (student/packed.py; weights
+    # chosen on the selection split) and exports the pack instead of the first seed's student
+    pack: bool = False
 
     def problems(self) -> list[str]:
         out = []
@@ -623,6 +626,8 @@ class ExperimentConfig:
             out.append("seeds: need at least one seed")
         elif len(set(self.seeds)) != len(self.seeds):
             out.append("seeds: must be distinct")
+        elif self.pack and len(self.seeds) < 2:
+            out.append(f"pack: packing needs two or more seeds, got {self.seeds}")
         for name, overrides in self.teacher_variants.items():
             if name == "configured" or not name.replace("-", "").replace("_", "").isalnum():
                 out.append(f"teacher_variants: {name!r} is not a usable name (letters, digits, - and _; not 'configured')")

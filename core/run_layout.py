@@ -34,6 +34,8 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("scores/*-topk.partial/*", "an unfinished top-K cache, resumable (teacher/topk.py)"),
     ("scores/*/*", "all-pairs teacher score cache of a split (teacher/cache.py)"),
     ("students/*-seed*/*", "a student: a model directory (`ModelDir`)"),
+    ("students/*-pack/*", "students of several seeds packed into one dual encoder: a model directory (`ModelDir`; "
+                          "its weights file holds the members' weights and checksums, distill/packing.py)"),
     ("export/*", "the exported student: ONNX graphs, tokenizer, manifest.json (export/onnx_export.py)"),
     ("eval/results.json", "metrics of every system (eval/records.py)"),
     ("eval/clip_benchmark/*.json", "one CLIP_benchmark result file per evaluated system (eval/clip_benchmark.py)"),
@@ -125,6 +127,10 @@ class RunPaths:
 
     def student(self, variant: str, seed: int) -> Path:
         return self.students / f"{variant}-seed{seed}"
+
+    def pack(self, variant: str) -> Path:
+        """The students of `variant` packed into one dual encoder (`itr-distill pack`)."""
+        return self.students / f"{variant}-pack"
 
     def teacher_variant(self, name: str, seed: int) -> Path:
         """A teacher variant (`ablate-teachers`) or ensemble member: a run directory of its own."""

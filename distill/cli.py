@@ -94,6 +94,11 @@ def parser() -> argparse.ArgumentParser:
                          help="distilled: the configured student; baseline: contrastive only; kd, cached-kd, "
                               "selfalign, queue: contrastive plus that component alone (the ablation's rows)")
     distill.add_argument("--seed", type=int, help="seed (default: the config's seed)")
+    pack = sub.add_parser("pack", help="pack the students of several seeds into one dual encoder (their embeddings "
+                                       "side by side, weights chosen on the selection split): students/VARIANT-pack")
+    _add_config_args(pack)
+    pack.add_argument("--variant", choices=list(STUDENT_VARIANTS), default="distilled")
+    pack.add_argument("--seeds", type=int, nargs="+", help="the members' seeds (default: experiment.seeds)")
     export = sub.add_parser("export", help="export a student to ONNX behind the parity gate")
     _add_config_args(export)
     export.add_argument("--student", help="student directory (default: distilled student of the first seed)")
@@ -209,6 +214,10 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
         from distill.teacher_ablation import stage_ablate_teachers
 
         stage_ablate_teachers(cfg, command_line, args.variants, args.seeds, args.force)
+    elif args.command == "pack":
+        from distill.packing import stage_pack
+
+        stage_pack(cfg, args.variant, args.seeds, args.force)
     elif args.command == "export":
         stages.stage_export(cfg, args.student, args.force)
     elif args.command == "eval":

@@ -63,6 +63,10 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> Sca
     model_dir = Path(model_dir)
     files = ModelDir(model_dir)
     info = read_json(files.info)
+    if info["kind"] == "packed":
+        from distill.packing import load_pack
+
+        return load_pack(model_dir, device)
     cls = TeacherConfig if info["kind"] == "teacher" else StudentConfig
     model_cfg = build(cls, info["config"], str(files.info))
     tower = model_cfg.image_tower  # every backbone's weights come from the file, none from a hub or package

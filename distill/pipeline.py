@@ -20,6 +20,7 @@ from core.devices import resolve_device
 from core.distributed import ranks_from_env
 from core.resources import StageLog
 from core.run_layout import RunPaths
+from distill.packing import stage_pack
 from distill.plan import PlanError, make_plan
 from distill.stages import (
     stage_bench,
@@ -41,7 +42,7 @@ log = logging.getLogger("itr_distill")
 
 def run_pipeline(cfg: Config, command: str, force: bool = False, resume: bool = False) -> dict[str, Any]:
     """data -> teacher fit -> baseline students -> the teacher's scores for in-batch KD (the all-pairs cache,
-    or the token store the online teacher reads) -> top-K cache -> distilled students -> export -> eval
+    or the token store the online teacher reads) -> top-K cache -> distilled students -> (their pack) -> export -> eval
     -> bench -> report. Baselines come first: one of them can be the top-K cache's first stage.
     `resume` continues interrupted trainings from their latest checkpoint. Under torchrun, see the module's
     docstring: every rank returns rank 0's summary."""
@@ -79,7 +80,9 @@ def run_pipeline(cfg: Config, command: str, force: bool = False, resume: bool = 
             stage(name, stage_teacher_topk, cfg, "train", force, sharded=True)
     for seed in cfg.experiment.seeds:
         stage(f"distill distilled seed {seed}", stage_distill, cfg, "distilled", seed, force, resume, sharded=True)
-    stage("export", stage_export, cfg, None, force)
+    if cfg.experiment.pack:
+        stage("pack", stage_pack, cfg, "distilled", None, force)
+    stage("export", stage_export, cfg, RunPaths(cfg.run_dir).pack("distilled") if cfg.experiment.pack else None, force)
     stage("eval", stage_eval, cfg)
     stage("bench", stage_bench, cfg)
     summary = stage_report(cfg.run_dir, command) if ranks.is_main else None

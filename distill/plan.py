@@ -330,7 +330,7 @@ def _teacher_fit(stage: StagePlan, members: list[tuple[TeacherConfig, ModelSize]
 def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: ModelSize,
                members: list[tuple[TeacherConfig, ModelSize]]) -> StagePlan:
     """The plan of one stage (`data`, `teacher fit`, `teacher tokens SPLIT`, `teacher score SPLIT[-topk]`,
-    `distill VARIANT`, `export`, `eval`, `bench`). With a teacher ensemble, every member counts: each is
+    `distill VARIANT`, `pack`, `export`, `eval`, `bench`). With a teacher ensemble, every member counts: each is
     fitted, encodes its token store and scores every pair the ensemble scores (`members`: each
     fitted teacher's config and size)."""
     train, val, test = shapes["train"], shapes["val"], shapes["test"]
@@ -393,10 +393,16 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: M
                 2 * m.token_queue_size * student_cfg.embed_dim * 4 + \
                 ((train.images + train.captions) * e * 4 if student_cfg.losses.cached_kd.weight > 0 else 0)
         s.disk_bytes += _frozen_disk(size, student_cfg, shapes) if rest == "baseline" else 0
+    elif name == "pack":
+        n = len(cfg.experiment.seeds)
+        s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), "val"], [_name(RUN.pack("distilled"), "/")])
+        s.memory = {"members": 4 * n * (student.trainable + student.frozen), "members' selection scores": n * val.images * val.captions * 4}
     elif name == "export":
         size = student
-        s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), cfg.eval.split], [_name(RUN.export, "/")])
-        s.memory = {"student and ONNX sessions": 4 * (size.trainable + size.frozen) * 6,
+        packed = len(cfg.experiment.seeds) if cfg.experiment.pack else 1  # a pack's members: a top and heads each
+        source = RUN.pack("distilled") if cfg.experiment.pack else RUN.student("distilled", "*")
+        s = StagePlan(name, [_name(source, "/"), cfg.eval.split], [_name(RUN.export, "/")])
+        s.memory = {"student and ONNX sessions": 4 * (size.trainable * packed + size.frozen) * 6,
                     "gate images": cfg.export.gate_images * (size.image_tokens * size.image_width + 3 * 224 * 224) * 4}
         s.disk_bytes = 4 * (size.trainable + size.frozen) * 4
     elif name == "eval":
@@ -429,7 +435,7 @@ def run_stages(cfg: Config, shapes: dict[str, SplitShape]) -> list[str]:
     names += [n for n in [kd_teacher_stage(cfg, shapes)] if n]
     if cfg.scores.top_k > 0:
         names.append("teacher score train-topk")
-    return names + ["distill distilled", "export", "eval", "bench"]
+    return names + ["distill distilled"] + (["pack"] if cfg.experiment.pack else []) + ["export", "eval", "bench"]
 
 
 def _disk_limit(cfg: Config) -> tuple[int, str]:

@@ -450,8 +450,8 @@ def _export_source(paths: RunPaths) -> Path:
 def _student_dirs(cfg: Config) -> list[Path]:
     paths = RunPaths(cfg.run_dir)
     variants = RUN_STUDENTS if cfg.experiment.baseline else ("distilled",)
-    return [paths.student(v, s) for s in cfg.experiment.seeds for v in variants
-            if ModelDir(paths.student(v, s)).weights.is_file()]
+    dirs = [paths.student(v, s) for s in cfg.experiment.seeds for v in variants] + [paths.pack(v) for v in variants]
+    return [d for d in dirs if ModelDir(d).weights.is_file()]
 
 
 def _rerank_source(cfg: Config, paths: RunPaths) -> str:

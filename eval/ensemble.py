@@ -41,12 +41,15 @@ def simplex(members: int, step: float) -> list[tuple[float, ...]]:
 
 
 def fit_ensemble(selection_sims: list[np.ndarray], captions_per_image: int, folds: int = 1,
-                 step: float = 0.1) -> Ensemble:
-    """Standardisation and weights chosen on the selection split's member scores."""
+                 step: float = 0.1, every_member: bool = False) -> Ensemble:
+    """Standardisation and weights chosen on the selection split's member scores (`every_member`: each
+    keeps at least one grid step of weight)."""
     means = [float(s.mean()) for s in selection_sims]
     stds = [float(s.std()) or 1.0 for s in selection_sims]
     best: Ensemble | None = None
     for weights in simplex(len(selection_sims), step):
+        if every_member and min(weights) == 0:
+            continue
         candidate = Ensemble(list(weights), means, stds, float("nan"))
         rsum = retrieval_metrics(candidate.combine(selection_sims), captions_per_image, folds)["rsum"]
         if best is None or rsum > best.selection_rsum:

@@ -16,7 +16,7 @@ from eval.figures import accuracy_vs_latency, latency_vs_gallery, training_curve
 from eval.metrics import TABLE_KEYS, protocols, table_cell
 from eval.records import EvalResults, SystemResult
 
-GROUP_ORDER = ("teacher", "baseline", "distilled", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
+GROUP_ORDER = ("teacher", "baseline", "distilled", "baseline-pack", "distilled-pack", "onnx-fp32", "onnx-optimized", "onnx-int8", "onnx-fp16")
 
 
 def _order(group: str) -> tuple[int, int]:
@@ -41,7 +41,8 @@ def _label(group: str, first: SystemResult) -> str:
         return f"Re-ranking: student top-{first.k} ({first.source}), teacher re-ranks{fused}"
     if group.startswith("onnx-"):
         return f"ONNX student {first.variant} ({first.source or 'student'}, onnxruntime)"
-    name = "Student, no distillation" if group == "baseline" else "Student, distilled"
+    name = "Student, no distillation" if group.startswith("baseline") else "Student, distilled"
+    name += ", seeds packed into one dual encoder" if group.endswith("-pack") else ""
     return f"{name} ({' + '.join(first.losses)})" if first.losses else name
 
 

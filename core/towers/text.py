@@ -70,9 +70,8 @@ class TextTower(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TokenOutput:
-        if self.top_layers:  # one pass over the whole batch: what traces into the exported graph
-            cut = self.trunk(input_ids, attention_mask)
-            return self._output(self._run(self.top_modules(), cut.tokens, cut.mask), attention_mask)
+        if self.top_layers:
+            return self.top(self.trunk(input_ids, attention_mask), grouped=False)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._output(hidden, attention_mask)
 
@@ -85,13 +84,16 @@ class TextTower(nn.Module):
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return TokenOutput(hidden, attention_mask.bool(), (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
-    def top(self, cut: TokenOutput) -> TokenOutput:
+    def top(self, cut: TokenOutput, grouped: bool = True) -> TokenOutput:
         """The tower's output from the trunk's (identity when uncut), as training and encoding over a
         cached trunk call it: captions run in groups of similar length, each trimmed to its longest
         (`core.length_groups`), since a layer's work grows with the padded width. Padding positions
-        come out as zeros; valid ones equal `forward`'s."""
+        come out as zeros; valid ones equal `forward`'s. Not `grouped`: one pass over the whole padded
+        batch, what traces into the exported graph."""
         if not self.top_layers:
             return cut
+        if not grouped:
+            return self._output(self._run(self.top_modules(), cut.tokens, cut.mask), cut.mask.long())
         layers, groups = self.top_modules(), length_groups(cut.mask)
         width = cut.tokens.shape[1]
         parts = []

@@ -26,6 +26,14 @@ def test_weights_favour_the_better_member_whatever_its_scale():
     assert chosen.selection_rsum == retrieval_metrics(chosen.combine([bad, good]))["rsum"]
 
 
+def test_every_member_keeps_a_weight_when_asked():
+    rng = np.random.default_rng(0)
+    good, bad = noisy_truth(rng, noise=0.3), noisy_truth(rng, noise=30.0)
+    assert fit_ensemble([bad, good], captions_per_image=5).weights == [0.0, 1.0]
+    kept = fit_ensemble([bad, good], captions_per_image=5, every_member=True)
+    assert kept.weights[0] == pytest.approx(0.1) and kept.weights[1] == pytest.approx(0.9)
+
+
 def test_combination_is_the_weighted_sum_of_standardised_scores():
     rng = np.random.default_rng(1)
     a, b = noisy_truth(rng), noisy_truth(rng, scale=3.0, shift=2.0)
