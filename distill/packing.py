@@ -5,7 +5,8 @@ are (`eval.ensemble.fit_ensemble`): each member's scores standardised by their s
 simplex point with the best selection rsum among those that give every member some weight (a pack
 of the seeds asked for; the selection rsum of each member alone is recorded beside the pack's, so
 whether packing pays is there to read). Standardising subtracts a constant per member, which no
-ranking sees, so member i's share of the packed dot product is weight_i / std_i.
+ranking sees, so member i's share of the packed dot product is weight_i / std_i, rescaled so that the
+shares sum to one (`student.packed`: a unit-norm embedding, scores on the cosine scale).
 
 The pack's directory holds `model.json` (its members, by directory name beside it, and how the
 weights were chosen) and `model.safetensors` (the weights as a tensor, and each member's weights
@@ -71,7 +72,8 @@ def stage_pack(cfg: Config, variant: str = "distilled", seeds: list[int] | None 
                          frozen=frozen_for(m, selection, paths.features, bs, device)) for m in members]
     chosen = fit_ensemble(sims, selection.captions_per_image, step=WEIGHT_STEP, every_member=True)
     alone = [retrieval_metrics(s, selection.captions_per_image)["rsum"] for s in sims]
-    weights = [w / s for w, s in zip(chosen.weights, chosen.stds, strict=True)]
+    shares = [w / s for w, s in zip(chosen.weights, chosen.stds, strict=True)]
+    weights = [s / sum(shares) for s in shares]
     out.mkdir(parents=True, exist_ok=True)
     save_tensors({"weights": torch.tensor(weights)}, ModelDir(out).weights, metadata={"members": json.dumps(sums)})
     write_json(ModelDir(out).info, {

@@ -1,9 +1,11 @@
 """Several trained students packed into one dual encoder that still ranks with one matrix product.
 
-Each member's L2-normalised embedding is scaled by the square root of its weight and the members'
-embeddings are concatenated on both sides, so the dot product of a packed image and a packed caption
-is the weighted sum of the members' scores: a score-level ensemble (as VSE∞ and SCAN report their
-best figures) that a gallery index, the ONNX runtime and `search` / `serve` treat as one student.
+Each member's L2-normalised embedding is scaled by the square root of its weight (weights normalised
+to sum to one) and the members' embeddings are concatenated on both sides, so the dot product of a
+packed image and a packed caption is the weighted mean of the members' scores: a score-level ensemble
+(as VSE∞ and SCAN report their best figures) that a gallery index, the ONNX runtime and `search` /
+`serve` treat as one student. The packed embedding is itself unit-norm, and its scores stay on the
+cosine scale that re-ranking fuses with the teacher's.
 Members that freeze the same trunk (the CPU-budget setup: frozen backbones cached once, tops and
 heads trained per seed) share it, so the trunk runs once per input and only each member's top and
 heads run beside it; a pack of N costs one trunk plus N tops and heads, and N times the embedding
@@ -67,7 +69,7 @@ def check_shared_trunks(members: Sequence[DualEncoder], names: Sequence[str]) ->
 
 
 class PackedStudent(TwoTowerModel):
-    """Members' embeddings, each times sqrt(weight), side by side (see the module docstring)."""
+    """Members' embeddings, each times sqrt(weight / sum of weights), side by side (see the module docstring)."""
 
     def __init__(self, members: Sequence[DualEncoder], weights: Sequence[float], names: Sequence[str]):
         if len(members) < 2 or len(weights) != len(members) or len(names) != len(members):
@@ -79,7 +81,8 @@ class PackedStudent(TwoTowerModel):
         super().__init__(SharedTrunk(members[0].image_tower), SharedTrunk(members[0].text_tower))
         self.members = nn.ModuleList(members)
         self.names = list(names)
-        self.weights = [float(w) for w in weights]
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
 
     @property
     def embedding_dim(self) -> int:

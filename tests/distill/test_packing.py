@@ -43,6 +43,7 @@ def test_run_packs_the_seeds_and_exports_the_pack(packed_run):
     info = json.loads((paths.pack("distilled") / "model.json").read_text())
     assert info["kind"] == "packed" and [m["directory"] for m in info["members"]] == ["distilled-seed0", "distilled-seed1"]
     assert sum(m["grid_weight"] for m in info["members"]) == pytest.approx(1.0)
+    assert sum(m["weight"] for m in info["members"]) == pytest.approx(1.0)  # the shares of the packed score
     manifest = json.loads((paths.export / "manifest.json").read_text())
     assert manifest["source_checkpoint"]["path"].endswith("distilled-pack/model.safetensors")
     assert manifest["parity"]["passed"]

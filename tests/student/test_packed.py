@@ -44,6 +44,10 @@ def test_pack_scores_are_the_members_weighted_scores(text_model_dir, splits):
     assert images.shape[1] == texts.shape[1] == a.embedding_dim + b.embedding_dim == pack.embedding_dim
     expected = 0.3 * (ia @ ta.T) + 0.7 * (ib @ tb.T)
     torch.testing.assert_close(images @ texts.T, expected, atol=1e-5, rtol=0)
+    for packed in (images, texts):  # a unit-norm embedding, as every student's
+        torch.testing.assert_close(packed.norm(dim=-1), torch.ones(len(packed)))
+    scaled = PackedStudent([a, b], [3.0, 7.0], ["a", "b"]).eval()  # weights count by their ratio
+    torch.testing.assert_close(_encode(scaled, split)[0], images)
     assert not torch.allclose(ia @ ta.T, ib @ tb.T, atol=1e-3)  # the members do differ
 
 
