@@ -31,6 +31,7 @@ from eval.scaling import cost_model, ratios, scaling_unavailable, student_points
 from export.runtime import MANIFEST
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
+from student.packed import PackedStudent
 from teacher.model import ScanTeacher
 from teacher.scoring import encode_split as teacher_encode
 
@@ -170,6 +171,7 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
         "machine": machine_info(),
         "split": split.name,
         "gallery_images": split.n_images,
+        "student_packed": isinstance(student, PackedStudent),  # the rows of one model: a pack, or one seed's student
         "settings": {"warmup": cfg.warmup, "repeats": cfg.repeats, "queries": len(queries), "top_k": TOP_K,
                      "threads": cfg.threads},
         "rows": rows,

@@ -62,7 +62,9 @@ def summarise(results: EvalResults, bench: dict | None) -> dict[str, Any]:
         onnx = group.startswith("onnx-")
         backend = "onnxruntime" if onnx else "pytorch"
         system = group if group == "teacher" or group.startswith("rerank-") else "student"
-        latency = _latency(bench, system, backend, variant=entries[0].variant)
+        # bench timed one student (the export's source): a pack's rows are not a single seed's, nor the reverse
+        timed = onnx or system != "student" or group.endswith("-pack") == bench.get("student_packed", False)
+        latency = _latency(bench, system, backend, variant=entries[0].variant) if timed else None
         row = {
             "group": group,
             "label": _label(group, entries[0]),

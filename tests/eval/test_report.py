@@ -84,3 +84,16 @@ def test_report_assembles_scaling_matrix_and_figures(tmp_path):
     assert "| onnxruntime-cpu-fp32 | 4 | 1.000 | 2.000 | 400 | 10.0% |" in md
     assert summary["figures"] == {"accuracy": "figures/accuracy_vs_latency.png", "gallery": "figures/latency_vs_gallery.png"}
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in summary["figures"].values())
+
+
+def test_the_timed_students_latency_goes_only_to_rows_of_its_kind():
+    """bench times the export's source: with a pack exported, the single seeds' rows get no latency (they
+    run one trunk top and head, the pack several), and with one seed exported the pack's row gets none."""
+    pack = {"name": "distilled-pack", "group": "distilled-pack", "seed": None, "losses": ["contrastive", "kd"],
+            "metrics": _metrics(260.0)}
+    results = EvalResults.from_dict({**RESULTS, "systems": [*RESULTS["systems"], pack]})
+    for packed, with_latency in ((True, {"distilled-pack"}), (False, {"baseline", "distilled"})):
+        rows = {r["group"]: r for r in summarise(results, {**BENCH, "student_packed": packed})["systems"]}
+        students = {g for g in ("baseline", "distilled", "distilled-pack") if rows[g]["latency_p50_ms"] is not None}
+        assert students == with_latency, packed
+        assert rows["teacher"]["latency_p50_ms"] == 40.0 and rows["onnx-fp32"]["latency_p50_ms"] == 1.0
