@@ -35,7 +35,7 @@ class DualEncoder(TwoTowerModel):
     memory banks after the projection (`student.memory_bank`; at `level: token`, read by the tokens
     before pooling), and a local space concatenated to the
     global one (`student.hierarchy`). `forward` also returns what the
-    training losses read (projected local tokens, the global and local parts); `encode_images` and
+    training losses read (projected local tokens when SelfAlign reads them, the global and local parts); `encode_images` and
     `encode_text`, which export, return only the embeddings.
     """
 
@@ -62,6 +62,9 @@ class DualEncoder(TwoTowerModel):
                        if level == "global" else None)
         self.token_memory = (TokenMemory(mb.slots, width, text_tower.out_dim, mb.mix, mb.temperature, mb.momentum)
                              if level == "token" else None)
+        # SelfAlign's terms read every projected local token; without them forward skips that projection
+        # (an MLP over all 81 x 2,560 tokens of a two-backbone image side, online and in the momentum copy)
+        self.local_outputs = cfg.losses.align.weight > 0 or cfg.losses.concept.weight > 0
         local = cfg.hierarchy.local_dim
         self.image_lex_proj = make_projection(image_in, local, cfg.projection) if local else None
         self.text_lex_proj = make_projection(text_tower.out_dim, local, cfg.projection) if local else None
@@ -139,11 +142,12 @@ class DualEncoder(TwoTowerModel):
             "sims": image["emb"] @ text["emb"].T,
             "img_global": image["global"],
             "txt_global": text["global"],
-            "img_local": F.normalize((self.image_local_proj or self.image_proj)(img.tokens), dim=-1),
             "img_local_mask": img.mask,
-            "txt_local": F.normalize(self.text_proj(txt.tokens), dim=-1),
             "txt_local_mask": txt.mask,
         }
+        if self.local_outputs:
+            out.update(img_local=F.normalize((self.image_local_proj or self.image_proj)(img.tokens), dim=-1),
+                       txt_local=F.normalize(self.text_proj(txt.tokens), dim=-1))
         if self.memory is not None:
             out.update(img_base=image["base"], txt_base=text["base"])
         if self.token_memory is not None:  # pre-fusion tokens (valid ones by the local masks) feed the token banks

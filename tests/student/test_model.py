@@ -30,6 +30,19 @@ def test_forward_returns_global_and_local_views(tiny_student, splits):
     assert out["txt_local_mask"].tolist() == batch.attention_mask.bool().tolist()
 
 
+def test_local_tokens_are_projected_only_for_selfalign(text_model_dir, splits):
+    """A student whose losses read no local tokens (the contrastive baseline) skips projecting them; the
+    embeddings do not change."""
+    without = build_tiny("student", text_model_dir, losses={"align": {"weight": 0.0}, "concept": {"weight": 0.0}})
+    with_local = build_tiny("student", text_model_dir, losses={"align": {"weight": 0.0}, "concept": {"weight": 0.1}})
+    batch = next(iter(pair_loader(splits["train"], without.image_tower.preprocess(), without.tokenize, 4,
+                                  batching="random", generator=torch.Generator().manual_seed(0))))
+    plain, full = without(batch), with_local(batch)
+    assert "img_local" not in plain and "txt_local" not in plain and "img_local" in full and "txt_local" in full
+    torch.testing.assert_close(plain["sims"], full["sims"])
+    assert plain["txt_local_mask"].tolist() == full["txt_local_mask"].tolist()  # the token-level memory reads them
+
+
 def test_flatten_pooling_keeps_positions(text_model_dir):
     built = {p: build_tiny("student", text_model_dir, image_pooling=p) for p in ("flatten", "tower")}
     tokens = torch.randn(1, 4, 32)
