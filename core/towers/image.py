@@ -61,12 +61,16 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def _backbone(cfg: ImageTowerConfig | BackboneConfig) -> nn.Module:
-    """A timm backbone with its weights and without its classifier."""
+    """A timm backbone with its weights and without its classifier, its convolution weights in channels-last
+    layout: the crops arrive as (B, H, W, 3), and on the 2-core development CPU the duo student's Lite2 + Lite0
+    trunk then takes 116 instead of 184 ms per image (batch 32, bench/results/cpu-epyc-2core/channels-last/;
+    its frozen caches of Flickr8k's 3,500 images are the longest step before training). The values are the
+    same; only the strides differ."""
     model = timm.create_model(cfg.name, pretrained=cfg.pretrained, **cfg.model_kwargs)
     if cfg.weights:
         load_backbone_weights(model, resolve_path(cfg.weights))
     model.reset_classifier(0)
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def _renormalisation(pre: ImagePreprocess, model: nn.Module) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import collections
+import copy
 
 import numpy as np
 import pytest
@@ -6,9 +7,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
 from core.config import BackboneConfig, ImageTowerConfig
 from core.data.images import ImagePreprocess
+from core.towers.frozen import trunk_key
 from core.towers.image import RegionFeatureTower, TimmImageTower, load_backbone_weights, normalise_crops
 from core.towers.text import TextTower
 
@@ -59,6 +62,23 @@ def test_further_backbones_append_their_grids_and_pooled_vectors():
     torch.testing.assert_close(out.tokens[..., 1280:], F.adaptive_avg_pool2d(feats, 2).flatten(2).transpose(1, 2),
                                atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.pooled[:, 1280:], feats.mean((2, 3)), atol=1e-4, rtol=1e-4)
+
+
+def test_backbones_keep_channels_last_weights_with_the_same_outputs_and_cache_key():
+    """Convolution weights are channels-last (faster on a CPU for the (B, H, W, 3) crops training ships);
+    the outputs and the frozen-cache key are those of the usual layout, so no cache is invalidated."""
+    tower = TimmImageTower(ImageTowerConfig(name="tf_efficientnet_lite0", model_kwargs={}, image_size=64,
+                                            also=[BackboneConfig("resnet10t", model_kwargs=CNN.model_kwargs)])).eval()
+    plain = copy.deepcopy(tower).to(memory_format=torch.contiguous_format)
+    spatial = [(a.weight, b.weight) for a, b in zip(tower.modules(), plain.modules(), strict=True)
+               if isinstance(a, nn.Conv2d) and a.weight.shape[-1] > 1 and a.weight.shape[1] > 1]
+    assert spatial and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w, _ in spatial)  # both backbones, not only the main one
+    assert all(p.is_contiguous() for _, p in spatial)
+    crops = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(crops).tokens, plain(crops).tokens, atol=1e-5, rtol=1e-5)
+    assert trunk_key(tower) == trunk_key(plain)
 
 
 def test_further_backbones_need_a_whole_timm_tower():
