@@ -282,6 +282,27 @@ def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.d
     encoding. An ensemble reads each member's store (members of weight 0 are left out)."""
     if not cfg.teacher.ensemble:
         return _single_tokens(cfg, which, split, device, ranks, force)
+    spec, used = _ensemble_members(cfg)
+    pairs = [_single_tokens(variant_run(cfg, m["name"], cfg.seed), which, split, device, ranks, force, m["sha256"])
+             for m in used]
+    stores = [store for _, store in pairs]
+    return (_ensemble(spec, used, [teacher for teacher, _ in pairs]),
+            TokenStore(EnsembleSide([s.images for s in stores]), EnsembleSide([s.captions for s in stores])))
+
+
+def load_teacher(cfg: Config, device: torch.device | str) -> Teacher:
+    """The run's teacher, what it distils from, evaluates and re-ranks with: the one fitted in `teacher/`,
+    or `teacher.ensemble`'s members with their chosen weights."""
+    if not cfg.teacher.ensemble:
+        return load_model(RunPaths(cfg.run_dir).teacher, device)
+    spec, used = _ensemble_members(cfg)
+    return _ensemble(spec, used, [load_model(RunPaths(variant_run(cfg, m["name"], cfg.seed).run_dir).teacher, device)
+                                  for m in used])
+
+
+def _ensemble_members(cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ensemble's weights file and its members of weight > 0, each checked to be the checkpoint the
+    weights were chosen for."""
     file = RunPaths(cfg.run_dir).ensemble_spec
     if not file.is_file():
         raise FileNotFoundError(f"{file}: the ensemble {cfg.teacher.ensemble!r} has no weights yet "
@@ -292,16 +313,12 @@ def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.d
         if sha256_file(checkpoint) != member["sha256"]:
             raise ValueError(f"{checkpoint}: refitted since the weights in {file} were chosen "
                              "(run `itr-distill teacher fit` to choose them again)")
-    used = [m for m in spec["members"] if m["weight"] > 0]
-    members, terms, stores = [], [], []
-    for member in used:
-        member_cfg = variant_run(cfg, member["name"], cfg.seed)
-        teacher, store = _single_tokens(member_cfg, which, split, device, ranks, force, member["sha256"])
-        members.append(teacher)
-        terms.append(Standardised(member["weight"], member["mean"], member["std"]))
-        stores.append(store)
-    return (EnsembleTeacher(members, terms, spec["name"], [m["name"] for m in used]),
-            TokenStore(EnsembleSide([s.images for s in stores]), EnsembleSide([s.captions for s in stores])))
+    return spec, [m for m in spec["members"] if m["weight"] > 0]
+
+
+def _ensemble(spec: dict[str, Any], used: list[dict[str, Any]], members: list[ScanTeacher]) -> EnsembleTeacher:
+    return EnsembleTeacher(members, [Standardised(m["weight"], m["mean"], m["std"]) for m in used], spec["name"],
+                           [m["name"] for m in used])
 
 
 def _single_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
@@ -509,13 +526,14 @@ def stage_eval(cfg: Config) -> EvalResults:
 
 
 def stage_bench(cfg: Config) -> dict[str, Any]:
-    """Latency of the teacher, the PyTorch student and the ONNX student on this machine."""
+    """Latency of the run's teacher (an ensemble's: all its members), the PyTorch student and the ONNX student
+    on this machine."""
     require(cfg, "bench")
     paths = RunPaths(cfg.run_dir)
-    teacher, student = load_model(paths.teacher, "cpu"), load_model(_export_source(paths), "cpu")
+    teacher, student = load_teacher(cfg, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)
-    result = run_benchmark(teacher, student, paths.export, split, teacher.image_tower.preprocess(),
-                           student.image_tower.preprocess(), cfg.bench, cfg.eval.rerank_k, cfg.eval.rerank_student_weight)
+    result = run_benchmark(teacher, student, paths.export, split, student.image_tower.preprocess(), cfg.bench,
+                           cfg.eval.rerank_k, cfg.eval.rerank_student_weight)
     write_json(paths.bench, result)
     write_bench_files(result, paths.bench.parent)
     for row in result["rows"]:

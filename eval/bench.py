@@ -27,13 +27,12 @@ from core.machine import machine_info
 from core.timing import time_calls
 from eval.evaluate import onnx_gallery
 from eval.matrix import run_matrix
-from eval.scaling import cost_model, ratios, scaling_unavailable, student_points, teacher_points
+from eval.scaling import cost_model, ratios, scaling_unavailable, student_points, teacher_points, token_shape
 from export.runtime import MANIFEST
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from student.packed import PackedStudent
-from teacher.model import ScanTeacher
-from teacher.scoring import encode_split as teacher_encode
+from teacher.scoring import Teacher, encode_gallery
 
 TOP_K = 10
 
@@ -58,15 +57,14 @@ def _image_rows(encode: Callable[[np.ndarray], Any], images: np.ndarray, cfg: Be
     return rows
 
 
-def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
-                teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                cfg: BenchConfig, device: torch.device, rerank_k: list[int],
+def _torch_rows(teacher: Teacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
+                student_pre: ImagePreprocess | None, cfg: BenchConfig, device: torch.device, rerank_k: list[int],
                 student_weight: float) -> list[dict[str, Any]]:
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     teacher.to(device).eval()
     student.to(device).eval()
     gallery_emb = torch.from_numpy(student_encode(student, split, student_pre, 128, device, progress=False)[0]).to(device)
-    gallery_tokens, _ = teacher_encode(teacher, split, teacher_pre, 128, device, progress=False)
+    gallery_tokens = encode_gallery(teacher, split, 128, device)
     k = min(TOP_K, split.n_images)
     rows = []
 
@@ -85,8 +83,7 @@ def _torch_rows(teacher: ScanTeacher, student: DualEncoder, split: CaptionSplit,
 
     @torch.no_grad()
     def teacher_caption(i: int):
-        tokens = teacher.tokenize([queries[i % len(queries)]])
-        return teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        return teacher.encode_captions([queries[i % len(queries)]])
 
     @torch.no_grad()
     def teacher_query(i: int) -> torch.Tensor:
@@ -143,10 +140,11 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
     ]
 
 
-def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
-                  teacher_pre: ImagePreprocess | None, student_pre: ImagePreprocess | None,
-                  cfg: BenchConfig, rerank_k: list[int] = (), student_weight: float = 1.0) -> dict[str, Any]:
-    """Measure every backend available here; returns rows plus the machine description.
+def run_benchmark(teacher: Teacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
+                  student_pre: ImagePreprocess | None, cfg: BenchConfig, rerank_k: list[int] = (),
+                  student_weight: float = 1.0) -> dict[str, Any]:
+    """Measure every backend available here; returns rows plus the machine description. The teacher is
+    the run's: an ensemble's query encodes the caption with, and scores the gallery by, every member.
     `rerank_k`: depths of the student-retrieves, teacher-re-ranks system to time (re-ranking score:
     teacher + student_weight x student)."""
     import onnxruntime as ort
@@ -155,11 +153,10 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
         torch.set_num_threads(cfg.threads)
     queries = list(split.captions[: cfg.queries])
     rerank_k = list(rerank_k)
-    rows = _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cpu"), rerank_k,
-                       student_weight)
+    rows = _torch_rows(teacher, student, split, queries, student_pre, cfg, torch.device("cpu"), rerank_k, student_weight)
     providers = ["CPUExecutionProvider"]
     if cfg.cuda and torch.cuda.is_available():
-        rows += _torch_rows(teacher, student, split, queries, teacher_pre, student_pre, cfg, torch.device("cuda"), rerank_k,
+        rows += _torch_rows(teacher, student, split, queries, student_pre, cfg, torch.device("cuda"), rerank_k,
                             student_weight)
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
@@ -179,12 +176,12 @@ def run_benchmark(teacher: ScanTeacher, student: DualEncoder, export_dir: str | 
     if cfg.matrix:
         result["matrix"] = run_matrix(student, export_dir, cfg)
     if cfg.scaling:
-        result["scaling"] = _scaling(teacher, student, Path(export_dir), split, queries, teacher_pre, cfg)
+        result["scaling"] = _scaling(teacher, student, Path(export_dir), split, queries, cfg)
     return result
 
 
-def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split: CaptionSplit, queries: list[str],
-             teacher_pre: ImagePreprocess | None, cfg: BenchConfig) -> dict[str, Any]:
+def _scaling(teacher: Teacher, student: DualEncoder, export_dir: Path, split: CaptionSplit, queries: list[str],
+             cfg: BenchConfig) -> dict[str, Any]:
     """Per-query latency against gallery size: the split's real gallery features, tiled to each size."""
     import onnxruntime as ort
 
@@ -199,10 +196,10 @@ def _scaling(teacher: ScanTeacher, student: DualEncoder, export_dir: Path, split
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if cfg.cuda and torch.cuda.is_available() else [])
     for device in devices:
         teacher.to(device).eval()
-        tokens, _ = teacher_encode(teacher, split, teacher_pre, 128, device, progress=False)
+        tokens = encode_gallery(teacher, split, 128, device)
         rows += teacher_points(teacher, tokens, queries, cfg, device)
     teacher.cpu()
     return {"rows": rows, "cost_model": cost_model(rows, cfg.usable_ms), "ratios": ratios(rows),
             "unavailable": scaling_unavailable(cfg),
             "usable_ms": cfg.usable_ms, "embedding_dim": int(gallery.shape[1]),
-            "teacher_tokens": {"regions": int(tokens.tokens.shape[1]), "dim": int(tokens.tokens.shape[2])}}
+            "teacher_tokens": token_shape(tokens)}

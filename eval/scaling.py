@@ -17,7 +17,9 @@ import torch
 
 from core.config import BenchConfig
 from core.timing import time_calls
-from teacher.model import EncodedSide, ScanTeacher
+from teacher.ensemble import EnsembleSide
+from teacher.model import EncodedSide
+from teacher.scoring import Teacher
 
 TOP_K = 10
 
@@ -95,12 +97,20 @@ def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def teacher_points(teacher: ScanTeacher, gallery: EncodedSide, queries: list[str], cfg: BenchConfig,
+def token_shape(gallery: EncodedSide | EnsembleSide) -> dict[str, int]:
+    """R and D of the cost model: an ensemble's regions add up over its members, D being the mean width
+    that keeps R x D (what a gallery image holds and a query multiplies) exact."""
+    sides = gallery.members if isinstance(gallery, EnsembleSide) else [gallery]
+    regions = sum(int(s.tokens.shape[1]) for s in sides)
+    return {"regions": regions, "dim": round(sum(int(s.tokens.shape[1]) * int(s.tokens.shape[2]) for s in sides) / regions)}
+
+
+def teacher_points(teacher: Teacher, gallery: EncodedSide | EnsembleSide, queries: list[str], cfg: BenchConfig,
                    device: torch.device) -> list[dict[str, Any]]:
-    """Teacher per-query latency: caption encoding + cross attention against all N images, measured while it fits."""
+    """Teacher per-query latency: caption encoding + cross attention against all N images, measured while it fits
+    (an ensemble's: every member's)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    per_image = gallery.tokens[0].numel() * gallery.tokens.element_size() + gallery.mask[0].numel()
-    per_image += 0 if gallery.pooled is None else gallery.pooled[0].numel() * gallery.pooled.element_size()
+    per_image = gallery.held_bytes_per_row()
     rows, stopped = [], None
     for n in cfg.gallery_sizes:
         need = n * per_image
@@ -114,22 +124,18 @@ def teacher_points(teacher: ScanTeacher, gallery: EncodedSide, queries: list[str
                          "extrapolated_from": "a + b*N fitted to the measured points", "reason": stopped,
                          "gallery_bytes": need, "p50_ms": a + b * n})
             continue
-        idx = torch.from_numpy(_tile(n, gallery.tokens.shape[0]))
-        side = EncodedSide(gallery.tokens[idx].to(device), gallery.mask[idx].to(device),
-                           None if gallery.pooled is None else gallery.pooled[idx].to(device))
+        side = gallery[torch.from_numpy(_tile(n, len(gallery)))].to(device)
         rows.append({"system": "teacher", "method": f"scan-pytorch-{device.type}", "gallery": n, "measured": True,
-                     "gallery_bytes": need, **_time(_teacher_query(teacher, side, queries, min(TOP_K, n), device),
+                     "gallery_bytes": need, **_time(_teacher_query(teacher, side, queries, min(TOP_K, n)),
                                                     cfg, sync)})
     return rows
 
 
-def _teacher_query(teacher: ScanTeacher, side: EncodedSide, queries: list[str], k: int,
-                   device: torch.device) -> Callable[[int], torch.Tensor]:
+def _teacher_query(teacher: Teacher, side: EncodedSide | EnsembleSide, queries: list[str],
+                   k: int) -> Callable[[int], torch.Tensor]:
     """Query i -> the teacher's top-k images of `side`, caption encoding included."""
     def query(i: int) -> torch.Tensor:
-        tokens = teacher.tokenize([queries[i % len(queries)]])
-        caption = teacher.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        return teacher.score(side, caption).squeeze(1).topk(k).indices.cpu()
+        return teacher.score(side, teacher.encode_captions([queries[i % len(queries)]])).squeeze(1).topk(k).indices.cpu()
 
     return query
 

@@ -36,9 +36,16 @@ class EnsembleSide:
     def device(self) -> torch.device:
         return self.members[0].device
 
+    def to(self, device: torch.device | str) -> EnsembleSide:
+        return EnsembleSide([m.to(device) for m in self.members])
+
     def bytes_per_row(self) -> int:
         """float32 bytes of one item's tokens over all members: what a scoring block holds."""
         return sum(m.bytes_per_row() for m in self.members)
+
+    def held_bytes_per_row(self) -> int:
+        """Bytes one item holds over all members (`EncodedSide.held_bytes_per_row`)."""
+        return sum(m.held_bytes_per_row() for m in self.members)
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,13 @@ class EnsembleTeacher(nn.Module):
 
     @property
     def label(self) -> str:
-        """Its members and weights, as reports name it; the latency benchmark times the configured teacher only."""
+        """Its members and weights, as reports name it."""
         parts = " + ".join(f"{t.weight:.1f} x {n}" for n, t in zip(self.member_names, self.terms, strict=True))
-        return f"ensemble {self.name}: {parts} (latency: the configured teacher alone)"
+        return f"ensemble {self.name}: {parts}"
+
+    def encode_captions(self, texts: list[str]) -> EnsembleSide:
+        """Every member's encoding of the captions (`ScanTeacher.encode_captions`): a query costs all of them."""
+        return EnsembleSide([m.encode_captions(texts) for m in self.members])
 
     def score(self, images: EnsembleSide, captions: EnsembleSide) -> torch.Tensor:
         """(n_img, n_cap) ensemble scores of every image with every caption."""

@@ -43,9 +43,17 @@ class EncodedSide:
     def device(self) -> torch.device:
         return self.tokens.device
 
+    def to(self, device: torch.device | str) -> "EncodedSide":
+        return EncodedSide(self.tokens.to(device), self.mask.to(device), None if self.pooled is None else self.pooled.to(device))
+
     def bytes_per_row(self) -> int:
         """float32 bytes of one item's tokens: what a scoring block holds."""
         return int(self.tokens.shape[1]) * int(self.tokens.shape[2]) * 4
+
+    def held_bytes_per_row(self) -> int:
+        """Bytes one item holds as stored here (tokens, mask and global vector): what a gallery costs in memory."""
+        pooled = 0 if self.pooled is None else self.pooled[0].numel() * self.pooled.element_size()
+        return self.tokens[0].numel() * self.tokens.element_size() + self.mask[0].numel() + pooled
 
 
 class ScanTeacher(TwoTowerModel):
@@ -97,6 +105,12 @@ class ScanTeacher(TwoTowerModel):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncodedSide:
         return self.captions_from(self.text_tower(input_ids, attention_mask))
+
+    def encode_captions(self, texts: list[str]) -> EncodedSide:
+        """Captions as text, tokenised and encoded where the teacher is: a query at search time."""
+        device = next(self.parameters()).device
+        tokens = self.tokenize(texts)
+        return self.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
 
     def score(self, images: EncodedSide, captions: EncodedSide) -> torch.Tensor:
         """Similarity of every image with every caption: (n_img, n_cap)."""

@@ -42,6 +42,20 @@ def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePre
     return _pad_cat(images), _pad_cat(captions)
 
 
+@torch.no_grad()
+def encode_gallery(teacher: Teacher, split: CaptionSplit, batch_size: int, device: torch.device) -> EncodedSide | EnsembleSide:
+    """The teacher's side of every image of a split, what a query is scored against: an ensemble's is each
+    member's, through its own image tower and preprocessing."""
+    if isinstance(teacher, EnsembleTeacher):
+        return EnsembleSide([encode_gallery(m, split, batch_size, device) for m in teacher.members])
+    was_training = teacher.training
+    teacher.eval()
+    outputs = split_outputs(teacher, split, "image", teacher.image_tower.preprocess(), batch_size, device, show=False)
+    images = [teacher.images_from(o) for o in outputs]
+    teacher.train(was_training)
+    return _pad_cat(images)
+
+
 def block_rows(images: Side, captions: Side, block_gib: float) -> tuple[int, int]:
     """(images, captions) per scoring block: each side's tokens take half of `block_gib`."""
     half = block_gib * 2**30 / 2

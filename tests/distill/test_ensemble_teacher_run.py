@@ -12,7 +12,7 @@ from core.config import ConfigError, load_config
 from core.io import sha256_file
 from distill.cli import main
 from distill.models import load_model
-from distill.stages import load_split, teacher_tokens
+from distill.stages import load_split, load_teacher, teacher_tokens
 from distill.teacher_runs import variant_run
 from eval.metrics import retrieval_metrics
 from teacher.ensemble import Standardised, combine
@@ -58,6 +58,10 @@ def test_a_student_distils_from_an_ensemble_and_eval_reports_it(tmp_path):
     expected = retrieval_metrics(_member_scores(loaded, spec, "test"), 5)
     assert teacher["metrics"]["rsum"] == pytest.approx(expected["rsum"])
     assert_layout_names(run)
+
+    timed = load_teacher(loaded, CPU)  # what `bench` times: the ensemble, not the configured member alone
+    assert timed.member_names == ["configured", "mlp"]
+    assert [(t.weight, t.mean, t.std) for t in timed.terms] == [(m["weight"], m["mean"], m["std"]) for m in spec["members"]]
 
 
 def test_a_member_refitted_after_the_weights_were_chosen_is_refused_until_they_are_chosen_again(tmp_path):

@@ -13,9 +13,8 @@ def test_benchmark_rows(tiny_teacher, tiny_student, splits, tmp_path):
     split = splits["test"]
     cfg = ExportConfig(latency_repeats=1, gate=build(GateConfig, TINY_GATES))
     export(tiny_student, tmp_path / "export", cfg, gate_data(tiny_student, split))  # 16 images, as TINY_GATES assumes
-    result = run_benchmark(tiny_teacher, tiny_student, tmp_path / "export", split, tiny_teacher.image_tower.preprocess(),
-                           tiny_student.image_tower.preprocess(), BenchConfig(warmup=1, repeats=4, queries=3, cuda=False,
-                                                                                     image_batch=5, image_budget_s=60.0))
+    result = run_benchmark(tiny_teacher, tiny_student, tmp_path / "export", split, tiny_student.image_tower.preprocess(),
+                           BenchConfig(warmup=1, repeats=4, queries=3, cuda=False, image_batch=5, image_budget_s=60.0))
     keys = {(r["measure"], r["system"], r["backend"], r["device"], r.get("variant")) for r in result["rows"]}
     measures = ("caption_encoding", "retrieval", "image_encoding")
     onnx = {(m, "student", "onnxruntime", "cpu", v) for m in measures for v in ("fp32", "optimized", "int8")}

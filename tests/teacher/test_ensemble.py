@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import BenchConfig
 from eval.ensemble import Ensemble
 from eval.evaluate import teacher_metrics
+from eval.scaling import teacher_points, token_shape
 from teacher.ensemble import EnsembleSide, EnsembleTeacher, Standardised, combine
 from teacher.online import OnlineTeacher
-from teacher.scoring import candidate_scorer, encode_split, score_all
+from teacher.scoring import candidate_scorer, encode_gallery, encode_split, score_all
 from teacher.tokens import TokenStore
 from tests.conftest import build_tiny
 
@@ -61,3 +63,29 @@ def test_blocks_candidates_and_online_lookups_read_the_same_scores(ensemble, spl
 def test_each_member_needs_its_weight():
     with pytest.raises(ValueError, match="one weight per member"):
         EnsembleTeacher([torch.nn.Linear(1, 1)], TERMS, "pair")
+
+
+def test_a_query_is_encoded_and_scored_by_every_member(ensemble, splits):
+    """What `bench` times for an ensemble: each member's gallery (its own image tower and preprocessing)
+    and each member's caption encoding, giving the scores evaluation reads."""
+    teacher, images, captions, _ = ensemble
+    split = splits["val"]
+    gallery = encode_gallery(teacher, split, 16, CPU)
+    assert len(gallery.members) == 2
+    for got, want in zip(gallery.members, images.members, strict=True):
+        torch.testing.assert_close(got.tokens, want.tokens)
+    with torch.no_grad():
+        query = teacher.score(gallery, teacher.encode_captions([split.captions[3]]))[:, 0]
+        torch.testing.assert_close(query, teacher.score(images, captions)[:, 3], atol=1e-5, rtol=1e-5)
+
+
+def test_the_scaling_counts_every_members_tokens(ensemble):
+    teacher, images, _, _ = ensemble
+    shape = token_shape(images)
+    regions = [m.tokens.shape[1] for m in images.members]
+    assert shape["regions"] == sum(regions) and shape["dim"] == images.members[0].tokens.shape[2]
+    rows = teacher_points(teacher, images, ["a dog runs", "two people"],
+                          BenchConfig(warmup=0, repeats=1, gallery_sizes=[4, 12], scaling_budget_s=0.01), CPU)
+    per_image = sum(m.held_bytes_per_row() for m in images.members)
+    assert [(r["gallery"], r["gallery_bytes"], r["measured"]) for r in rows] == [(4, 4 * per_image, True),
+                                                                                (12, 12 * per_image, True)]
