@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import save_file
 
+from core.checkpoint import save_tensors
 from core.config import load_config
 from core.run_layout import RunPaths
 from core.towers.frozen import NOT_FROZEN, frozen_for
@@ -26,7 +26,7 @@ def packed_run(tmp_path_factory, text_model_dir):
     trunk: a tiny image backbone's weights, and a text model directory."""
     root = tmp_path_factory.mktemp("pack")
     backbone = root / "backbone.safetensors"
-    save_file(build_tiny("student", text_model_dir, **CUT).image_tower.model.state_dict(), str(backbone))
+    save_tensors(build_tiny("student", text_model_dir, **CUT).image_tower.model.state_dict(), backbone)
     cfg = tiny_config_dict(root / "run", root / "data")
     cfg["student"] = {**cfg["student"], **CUT, "image_tower": {**CUT["image_tower"], "weights": str(backbone)},
                       "text_tower": {**CUT["text_tower"], "model": str(text_model_dir)}}
@@ -81,7 +81,7 @@ def test_a_member_retrained_since_packing_is_refused(packed_run):
     kept = weights.read_bytes()
     state = {k: v + 1 if v.is_floating_point() else v for k, v in load_model(weights.parent).state_dict().items()}
     try:
-        save_file(state, str(weights))
+        save_tensors(state, weights)
         with pytest.raises(ValueError, match="its member distilled-seed1 changed since it was packed"):
             load_model(run / "students" / "distilled-pack")
     finally:
