@@ -96,7 +96,6 @@ def _fit(points: list[dict[str, Any]]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-@torch.no_grad()
 def token_shape(gallery: EncodedSide | EnsembleSide) -> dict[str, int]:
     """R and D of the cost model: an ensemble's regions add up over its members, D being the mean width
     that keeps R x D (what a gallery image holds and a query multiplies) exact."""
@@ -105,6 +104,7 @@ def token_shape(gallery: EncodedSide | EnsembleSide) -> dict[str, int]:
     return {"regions": regions, "dim": round(sum(int(s.tokens.shape[1]) * int(s.tokens.shape[2]) for s in sides) / regions)}
 
 
+@torch.no_grad()
 def teacher_points(teacher: Teacher, gallery: EncodedSide | EnsembleSide, queries: list[str], cfg: BenchConfig,
                    device: torch.device) -> list[dict[str, Any]]:
     """Teacher per-query latency: caption encoding + cross attention against all N images, measured while it fits

@@ -10,7 +10,7 @@ from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
 from core.precision import autocast
 from core.progress import progress as bar
-from core.towers.frozen import NOT_FROZEN, Frozen, split_outputs
+from core.towers.frozen import NOT_FROZEN, Frozen, FrozenOutputs, split_outputs
 from teacher.ensemble import EnsembleSide, EnsembleTeacher
 from teacher.model import EncodedSide, ScanTeacher
 from teacher.tokens import StoredSide
@@ -32,14 +32,19 @@ def _pad_cat(sides: list[EncodedSide]) -> EncodedSide:
 def encode_split(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None, batch_size: int,
                  device: torch.device, progress: bool = True, frozen: Frozen = NOT_FROZEN) -> tuple[EncodedSide, EncodedSide]:
     """The teacher's token features for every image and every caption of a split."""
+    return (_encode_side(teacher, split, "image", preprocess, batch_size, device, progress, frozen[0]),
+            _encode_side(teacher, split, "text", preprocess, batch_size, device, progress, frozen[1]))
+
+
+def _encode_side(teacher: ScanTeacher, split: CaptionSplit, side: str, preprocess: ImagePreprocess | None,
+                 batch_size: int, device: torch.device, progress: bool, frozen: FrozenOutputs | None) -> EncodedSide:
+    """One side of `encode_split`, in eval mode (the teacher's mode is restored after)."""
     was_training = teacher.training
     teacher.eval()
-    images = [teacher.images_from(o) for o in split_outputs(teacher, split, "image", preprocess, batch_size, device,
-                                                            frozen[0], progress)]
-    captions = [teacher.captions_from(o) for o in split_outputs(teacher, split, "text", preprocess, batch_size, device,
-                                                                frozen[1], progress)]
+    encode = teacher.images_from if side == "image" else teacher.captions_from
+    out = _pad_cat([encode(o) for o in split_outputs(teacher, split, side, preprocess, batch_size, device, frozen, progress)])
     teacher.train(was_training)
-    return _pad_cat(images), _pad_cat(captions)
+    return out
 
 
 @torch.no_grad()
@@ -48,12 +53,7 @@ def encode_gallery(teacher: Teacher, split: CaptionSplit, batch_size: int, devic
     member's, through its own image tower and preprocessing."""
     if isinstance(teacher, EnsembleTeacher):
         return EnsembleSide([encode_gallery(m, split, batch_size, device) for m in teacher.members])
-    was_training = teacher.training
-    teacher.eval()
-    outputs = split_outputs(teacher, split, "image", teacher.image_tower.preprocess(), batch_size, device, show=False)
-    images = [teacher.images_from(o) for o in outputs]
-    teacher.train(was_training)
-    return _pad_cat(images)
+    return _encode_side(teacher, split, "image", teacher.image_tower.preprocess(), batch_size, device, False, None)
 
 
 def block_rows(images: Side, captions: Side, block_gib: float) -> tuple[int, int]:
