@@ -116,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     teachers = sub.add_parser("ablate-teachers", help="fit each teacher variant of experiment.teacher_variants (and "
                               "the configured teacher) and write the table of their accuracy on the eval split")
     _add_config_args(teachers, config_required=True)
+    _add_resume(teachers)
     teachers.add_argument("--variants", nargs="+", help="only these variants (default: all, 'configured' first)")
     teachers.add_argument("--seeds", nargs="+", type=int, help="seeds (default: experiment.seeds)")
     report = sub.add_parser("report", help="write report.md and report.json of a run")
@@ -213,7 +214,7 @@ def dispatch(args: argparse.Namespace, command_line: str) -> None:
     elif args.command == "ablate-teachers":
         from distill.teacher_ablation import stage_ablate_teachers
 
-        stage_ablate_teachers(cfg, command_line, args.variants, args.seeds, args.force)
+        stage_ablate_teachers(cfg, command_line, args.variants, args.seeds, args.force, args.resume)
     elif args.command == "pack":
         from distill.packing import stage_pack
 

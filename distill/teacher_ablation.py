@@ -51,9 +51,10 @@ class Fit:
 
 
 def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = None, seeds: list[int] | None = None,
-                          force: bool = False) -> dict[str, Any]:
+                          force: bool = False, resume: bool = False) -> dict[str, Any]:
     """Fit and evaluate every teacher variant (the configured teacher first) for every seed, then the
-    ensembles of fitted variants (`--force` refits the variants named, never an ensemble's members).
+    ensembles of fitted variants (`--force` refits the variants named, never an ensemble's members;
+    `resume` continues any interrupted fit, members included, from its latest checkpoint).
     Under torchrun every fit shards over the ranks; rank 0 alone evaluates and writes the table, and
     every rank returns it."""
     ensembles = cfg.experiment.teacher_ensembles
@@ -66,19 +67,19 @@ def stage_ablate_teachers(cfg: Config, command: str, names: list[str] | None = N
     seeds = seeds or list(cfg.experiment.seeds)
     device = resolve_device(cfg.device)
     ranks = ranks_from_env(backend=training_backend(device), run_dir=cfg.run_dir)
-    fits = _fit_variants(cfg, [n for n in names if n not in ensembles], seeds, force)
+    fits = _fit_variants(cfg, [n for n in names if n not in ensembles], seeds, force, resume)
     members = dict.fromkeys(m for n in names if n in ensembles for m in ensembles[n] if m not in names)
-    _fit_variants(cfg, list(members), seeds, force=False)  # so rank 0 alone never fits below
+    _fit_variants(cfg, list(members), seeds, False, resume)  # so rank 0 alone never fits below
     return ranks.on_main(_write_table, cfg, command, fits, [n for n in names if n in ensembles], seeds, device)
 
 
-def _fit_variants(cfg: Config, names: list[str], seeds: list[int], force: bool) -> dict[str, list[Fit]]:
+def _fit_variants(cfg: Config, names: list[str], seeds: list[int], force: bool, resume: bool) -> dict[str, list[Fit]]:
     """Each named variant fitted (or found up to date) at each seed, with the seconds it took."""
     fits: dict[str, list[Fit]] = {}
     for name in names:
         for seed in seeds:
             start = time.perf_counter()
-            out = stage_teacher_fit(variant_run(cfg, name, seed), force)
+            out = stage_teacher_fit(variant_run(cfg, name, seed), force, resume)
             fits.setdefault(name, []).append(Fit(seed, out, time.perf_counter() - start))
     return fits
 

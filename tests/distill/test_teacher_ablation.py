@@ -1,7 +1,10 @@
 import json
+import shutil
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from core.config import ConfigError, load_config
 from distill.cli import main
@@ -65,3 +68,23 @@ def test_bad_teacher_ensembles_are_named(ensembles, message):
     variants = json.dumps({"wide": ["teacher.embed_dim=64"]})
     with pytest.raises(ConfigError, match=message):
         load_config(None, [f"experiment.teacher_variants={variants}", f"experiment.teacher_ensembles={json.dumps(ensembles)}"])
+
+
+def test_ablate_teachers_resume_continues_an_interrupted_variant_fit(tmp_path, caplog):
+    cfg = tiny_config_dict(tmp_path / "run", tmp_path / "data")
+    cfg["teacher"] = {**cfg["teacher"], "image_tower": {**cfg["teacher"]["image_tower"], "freeze": True},
+                      "train": {**cfg["teacher"]["train"], "epochs": 2, "keep_checkpoints": 2}}
+    cfg["experiment"] = {"seeds": [0], "teacher_variants": {"mlp": ["teacher.projection=mlp"]}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["ablate-teachers", str(tmp_path / "tiny.yaml"), "--seeds", "0", "--variants", "mlp"]
+    assert main(["data", str(tmp_path / "tiny.yaml")]) == 0 and main(args) == 0
+    fit = tmp_path / "run/teachers/mlp-seed0/teacher"
+    whole = load_file(str(fit / "model.safetensors"))
+    shutil.rmtree(fit / "checkpoints/epoch_002")  # as if stopped after epoch 1
+    (fit / "stage.json").unlink()
+    (fit / "model.safetensors").unlink()
+    caplog.set_level("INFO", logger="itr_distill")
+    assert main([*args, "--resume"]) == 0
+    assert "teacher: resuming after epoch 1" in caplog.text
+    resumed = load_file(str(fit / "model.safetensors"))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
