@@ -573,9 +573,13 @@ class StudentConfig:
     memory_bank: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
     self_guided: SelfGuidedConfig = field(default_factory=SelfGuidedConfig)
+    # SelfAlign's local terms (align, concept) read this many of each image's valid tokens per training
+    # step, drawn at random (0: all of them). Projecting every token is most of a distilled step over
+    # frozen grid towers; the tokens that GPO pools and the shipped encoders are untouched.
+    local_image_tokens: int = field(default=0, metadata=KEY_UNLESS_SET)
 
     def problems(self) -> list[str]:
-        return _positive(self, "embed_dim")
+        return _positive(self, "embed_dim") + _non_negative(self, "local_image_tokens")
 
     @property
     def embedding_dim(self) -> int:

@@ -52,12 +52,15 @@ def variant_config(cfg: Config, variant: str) -> StudentConfig:
     """The configured student with every component that `variant` does not keep switched off. A
     variant that keeps the queues but none of the terms configured to read them (e.g. `queue`, or
     `user` under `queue_terms: [kd]`) has the contrastive term read them: USER's unified objective,
-    in-batch and queued negatives in one contrastive loss."""
+    in-batch and queued negatives in one contrastive loss. A variant without SelfAlign's local terms
+    drops `local_image_tokens`, which only they read, so sweeping it keeps e.g. the baseline's key."""
     if variant not in STUDENT_VARIANTS:
         raise ValueError(f"unknown student variant {variant!r} (expected one of {list(STUDENT_VARIANTS)})")
     kept = STUDENT_VARIANTS[variant]
     student = _at_kept_level(cfg.student, kept)
     student = _switched_off(student, tuple(c for c in STUDENT_COMPONENTS if c not in kept))
+    if not (component_on(student, "align") or component_on(student, "concept")):
+        student = dataclasses.replace(student, local_image_tokens=0)  # no local terms read it: the key stays
     momentum = student.momentum
     if variant != "distilled" and "queue" in kept:
         readers = [t for t in momentum.queue_terms if t == "contrastive" or component_on(student, t)]

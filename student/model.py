@@ -133,6 +133,17 @@ class DualEncoder(TwoTowerModel):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.captions_from(self.text_tower(input_ids, attention_mask))
 
+    def _local_image_sample(self, out: TokenOutput) -> TokenOutput:
+        """The image tokens SelfAlign's terms read: in training, `local_image_tokens` of each image's
+        tokens drawn at random, valid ones first (all of them when 0 or when the image has no more)."""
+        n = self.cfg.local_image_tokens
+        if not self.training or n <= 0 or out.tokens.shape[1] <= n:
+            return out
+        draw = torch.rand(out.mask.shape, device=out.mask.device).masked_fill(~out.mask, -1.0)
+        idx = draw.topk(n, dim=1).indices
+        tokens = out.tokens.gather(1, idx[:, :, None].expand(-1, -1, out.tokens.shape[-1]))
+        return TokenOutput(tokens, out.mask.gather(1, idx), out.pooled)
+
     def forward(self, batch) -> dict[str, torch.Tensor]:
         img, txt = self.tower_outputs(batch)
         image, text = self._image_parts(img), self._text_parts(txt)
@@ -146,12 +157,13 @@ class DualEncoder(TwoTowerModel):
             "txt_local_mask": txt.mask,
         }
         if self.local_outputs:
-            out.update(img_local=F.normalize((self.image_local_proj or self.image_proj)(img.tokens), dim=-1),
-                       txt_local=F.normalize(self.text_proj(txt.tokens), dim=-1))
+            local = self._local_image_sample(img)
+            out.update(img_local=F.normalize((self.image_local_proj or self.image_proj)(local.tokens), dim=-1),
+                       img_local_mask=local.mask, txt_local=F.normalize(self.text_proj(txt.tokens), dim=-1))
         if self.memory is not None:
             out.update(img_base=image["base"], txt_base=text["base"])
-        if self.token_memory is not None:  # pre-fusion tokens (valid ones by the local masks) feed the token banks
-            out.update(img_tokens=img.tokens, txt_tokens=txt.tokens)
+        if self.token_memory is not None:  # valid pre-fusion tokens feed the token banks
+            out.update(img_tokens=img.tokens, img_tokens_mask=img.mask, txt_tokens=txt.tokens, txt_tokens_mask=txt.mask)
         if self.text_lex_proj is not None:
             out.update(img_lex=image["lex"], txt_lex=text["lex"])
         return out
@@ -163,5 +175,5 @@ class DualEncoder(TwoTowerModel):
         if self.memory is not None:
             self.memory.update(keys["img_base"], keys["txt_base"])
         if self.token_memory is not None:
-            self.token_memory.update(keys["img_tokens"][keys["img_local_mask"]],
-                                     keys["txt_tokens"][keys["txt_local_mask"]])
+            self.token_memory.update(keys["img_tokens"][keys["img_tokens_mask"]],
+                                     keys["txt_tokens"][keys["txt_tokens_mask"]])

@@ -2,6 +2,7 @@ import pytest
 from torch import nn
 
 from core.config import Config, StudentConfig
+from core.schema import stage_key
 from core.towers.frozen import NOT_FROZEN
 from distill.student_stage import _memory
 from distill.terms import student_objective
@@ -65,6 +66,19 @@ def test_user_reads_the_queues_with_its_contrastive_term_unless_a_kept_term_is_c
     assert user.momentum.queue_size == 16 and user.momentum.queue_terms == ["contrastive"]  # USER's unified objective
     assert variant_config(cfg, "kd+user").momentum.queue_terms == ["kd"]
     assert variant_config(cfg, "distilled").momentum.queue_terms == ["kd"]  # the configured student as configured
+
+
+def test_local_image_tokens_reach_only_variants_with_selfalign_terms_and_leave_the_others_keys_alone():
+    cfg = _configured()
+    cfg.student.losses.align.weight = 0.1
+    before = {v: stage_key(variant_config(cfg, v)) for v in ("baseline", "kd", "selfalign", "distilled")}
+    cfg.student.local_image_tokens = 16
+    assert variant_config(cfg, "selfalign").local_image_tokens == variant_config(cfg, "distilled").local_image_tokens == 16
+    assert stage_key(variant_config(cfg, "baseline")) == before["baseline"]  # sweeping it keeps these students
+    assert stage_key(variant_config(cfg, "kd")) == before["kd"]
+    assert stage_key(variant_config(cfg, "distilled")) != before["distilled"]
+    cfg.student.local_image_tokens = -1
+    assert "local_image_tokens" in " ".join(cfg.student.problems())
 
 
 def test_memory_banks_alone_keep_no_momentum_copy():

@@ -100,13 +100,13 @@ def test_token_banks_learn_from_valid_pre_fusion_tokens_only_and_move_towards_th
     axes = torch.eye(32)
     padded = torch.stack([axes[0], axes[1], 100 * axes[2]])[None]  # the third token is padding
     mask = torch.tensor([[True, True, False]])
-    keys = {"img_tokens": padded, "img_local_mask": mask, "txt_tokens": padded, "txt_local_mask": mask}
+    keys = {"img_tokens": padded, "img_tokens_mask": mask, "txt_tokens": padded, "txt_tokens_mask": mask}
     student.update_memory(keys)
     banks = student.token_memory
     torch.testing.assert_close(banks.image_bank, axes[:2])  # the padding token never entered
     torch.testing.assert_close(banks.text_bank, axes[:2])
     pulled = F.normalize(axes[0] + axes[3], dim=-1)
-    student.update_memory({**keys, "img_tokens": pulled[None, None], "img_local_mask": torch.ones(1, 1).bool()})
+    student.update_memory({**keys, "img_tokens": pulled[None, None], "img_tokens_mask": torch.ones(1, 1).bool()})
     moved = F.normalize(0.5 * axes[0] + 0.5 * pulled, dim=-1)  # the nearest centre moves, by the shared EMA
     torch.testing.assert_close(banks.image_bank[0], moved)
     torch.testing.assert_close(banks.image_bank[1], axes[1])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.data.loading import pair_loader
 from core.towers.image import TokenOutput
@@ -40,7 +41,33 @@ def test_local_tokens_are_projected_only_for_selfalign(text_model_dir, splits):
     plain, full = without(batch), with_local(batch)
     assert "img_local" not in plain and "txt_local" not in plain and "img_local" in full and "txt_local" in full
     torch.testing.assert_close(plain["sims"], full["sims"])
-    assert plain["txt_local_mask"].tolist() == full["txt_local_mask"].tolist()  # the token-level memory reads them
+    assert plain["txt_local_mask"].tolist() == full["txt_local_mask"].tolist()
+
+
+def test_selfalign_reads_a_random_draw_of_valid_image_tokens_in_training_only(text_model_dir, splits):
+    """`local_image_tokens`: each image's local tokens are that many of its own projected tokens, valid
+    ones first, drawn anew each step; evaluation and the embeddings see every token."""
+    student = build_tiny("student", text_model_dir, image_pooling="gpo", local_image_tokens=2,
+                         losses={"align": {"weight": 0.1}}).train()
+    batch = next(iter(pair_loader(splits["train"], student.image_tower.preprocess(), student.tokenize, 4,
+                                  batching="random", generator=torch.Generator().manual_seed(0))))
+    img = student.tower_outputs(batch)[0]
+    every = F.normalize(student.image_proj(img.tokens), dim=-1)  # (4, 4, 32): the tiny grid has 4 tokens
+    torch.manual_seed(0)
+    first, second = student(batch), student(batch)
+    assert first["img_local"].shape == (4, 2, 32) and first["img_local_mask"].all()
+    for drawn in (first, second):
+        for image in range(4):
+            match = torch.cdist(drawn["img_local"][image], every[image]).argmin(dim=1)
+            torch.testing.assert_close(drawn["img_local"][image], every[image][match])
+            assert len(set(match.tolist())) == 2  # two different tokens of the image's own
+    assert not torch.equal(first["img_local"], second["img_local"])
+    torch.testing.assert_close(first["img_emb"], second["img_emb"])  # the embeddings pool every token
+    assert student.eval()(batch)["img_local"].shape == (4, 4, 32)
+    padded = TokenOutput(torch.randn(2, 4, 32), torch.tensor([[True] * 4, [False, True, False, False]]), torch.zeros(2, 32))
+    drawn = student.train()._local_image_sample(padded)
+    assert drawn.mask.tolist()[0] == [True, True] and sorted(drawn.mask.tolist()[1]) == [False, True]
+    assert any(torch.equal(t, padded.tokens[1, 1]) for t in drawn.tokens[1])  # the one valid token is drawn
 
 
 def test_flatten_pooling_keeps_positions(text_model_dir):
