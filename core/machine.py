@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 
 
@@ -48,6 +49,22 @@ def _gpu_name() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0] if out else None
+
+
+def matmul_gflops(seconds: float = 0.5, n: int = 1024) -> float | None:
+    """The CPU's float32 matrix-product rate with this process's torch threads, GFLOP/s over about
+    `seconds` (None when torch is not loaded). Stored beside stage times: a virtual machine's speed
+    can drift by a third within a day, and this yardstick says how fast the machine was when."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        count += 1
+    return round(2 * n ** 3 * count / elapsed / 1e9, 1)
 
 
 def machine_info() -> dict:

@@ -1,4 +1,5 @@
-"""Per-stage resource records: wall time, peak anonymous and resident memory, bytes written, teacher pairs.
+"""Per-stage resource records: wall time, peak anonymous and resident memory, bytes written, teacher pairs,
+and the CPU's matrix-product rate measured as the stage ends (`core.machine.matmul_gflops`).
 
 Peak anonymous memory (RssAnon) is what a stage really holds: pages of memory-mapped files (RssFile)
 count in VmRSS but the kernel can drop them, so a stage reading a big mmapped .npy looks large in
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from core.io import write_json
-from core.machine import machine_info
+from core.machine import machine_info, matmul_gflops
 
 _STATUS_KEYS = ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM")
 
@@ -96,6 +97,7 @@ class StageMonitor:
             "start_anon_bytes": self._status0.get("RssAnon"),
             "written_bytes": written - w0 if written is not None and w0 is not None else None,
             "teacher_pairs": self.counter() - c0 if self.counter and c0 is not None else None,
+            "matmul_gflops": matmul_gflops(),
         }
         if exc_type is not None:
             self.record["failed"] = True

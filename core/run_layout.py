@@ -27,6 +27,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("images/*/*", "the train split's images decoded, resized and cropped once, uint8, for `train.image_cache: uint8` "
                    "(core/data/image_cache.py)"),
     ("teacher/*", "the teacher: a model directory (`ModelDir`)"),
+    ("guide/*/*", "the guided term's target vectors of a split, per guide (distill/guide.py)"),
     ("teacher_tokens/*/*", "the teacher's token store of a split (teacher/tokens.py), read by every scorer"),
     ("teacher_ensemble/ensemble.json", "members, standardisation and weights of teacher.ensemble"),
     ("teacher_ensemble/" + STAGE_FILE, "what the ensemble's weights were chosen from"),
@@ -91,6 +92,7 @@ class RunPaths:
     features = property(lambda self: self.root / "features")
     images = property(lambda self: self.root / "images")  # uint8 image caches: core/data/image_cache.py
     teacher = property(lambda self: self.root / "teacher")
+    guide = property(lambda self: self.root / "guide")
     teacher_ensemble = property(lambda self: self.root / "teacher_ensemble")
     ensemble_spec = property(lambda self: self.root / "teacher_ensemble" / "ensemble.json")
     students = property(lambda self: self.root / "students")

@@ -1,22 +1,28 @@
 """USER's guided enhancement: global vectors of every training image and caption from a frozen
-encoder pair, computed once before the student trains and never updated (they are targets).
+encoder pair, computed once before the student trains and never updated (they are targets). They
+are stored per guide and split (`run_dir/guide/`), so every seed and variant trained with the same
+guide reads them instead of running the teacher over the split again.
 
 The guide is the teacher (its global vectors when it has a global term, else the mean of its
 projected tokens) or any configured timm / sentence-transformers pair (their pooled outputs).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.config import GuidedLossConfig
 from core.data.records import CaptionSplit
-from core.io import sha256_file
+from core.io import atomic_dir, read_json, read_npy, sha256_file, sha256_json, write_json
 from core.run_layout import ModelDir, RunPaths
+from core.schema import stage_key
 from core.towers import build_towers
 from core.towers.frozen import frozen_for, split_outputs
 from core.towers.heads import TwoTowerModel, set_trainable
@@ -62,9 +68,23 @@ def guide_identity(cfg: GuidedLossConfig, paths: RunPaths) -> dict[str, Any]:
     return {"teacher": sha256_file(ModelDir(paths.teacher).weights)} if cfg.source == "teacher" else {}
 
 
-def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, batch_size: int,
-                  device: torch.device) -> GuideTargets:
-    """The guide's vectors for every image and caption of `split`."""
+def _guide_key(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
+    """What the guide's vectors of `split` are made from (as the stored manifest reads back)."""
+    towers = {} if cfg.source == "teacher" else {"towers": stage_key([cfg.image_tower, cfg.text_tower])}
+    key = {"source": cfg.source, **guide_identity(cfg, paths), **towers, "split": split.fingerprint()}
+    return json.loads(json.dumps(key))
+
+
+def _stored(directory: Path, key: dict[str, Any], device: torch.device) -> GuideTargets | None:
+    manifest = directory / "manifest.json"
+    if not (manifest.is_file() and read_json(manifest) == key):
+        return None
+    return GuideTargets(*(torch.from_numpy(np.array(read_npy(directory / f"{side}.npy"))).to(device)
+                          for side in ("images", "captions")))
+
+
+def _compute(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, batch_size: int,
+             device: torch.device) -> GuideTargets:
     if cfg.source == "teacher":
         teacher = load_model(paths.teacher, device)
         return _encode(teacher, split, paths, batch_size, device, lambda side: _teacher_global(teacher, side))
@@ -73,3 +93,20 @@ def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, b
     for tower in (image, text):  # a guide is frozen, whatever its tower settings say
         set_trainable(tower, False)
     return _encode(TwoTowerModel(image, text), split, paths, batch_size, device, lambda side: lambda out: out.pooled)
+
+
+def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, batch_size: int,
+                  device: torch.device) -> GuideTargets:
+    """The guide's vectors for every image and caption of `split`: read from `run_dir/guide/` when a
+    student before this one stored them for the same guide and split, else computed and stored."""
+    key = _guide_key(cfg, paths, split)
+    directory = paths.guide / sha256_json(key)[:20]
+    found = _stored(directory, key, device)
+    if found is not None:
+        return found
+    targets = _compute(cfg, paths, split, batch_size, device)
+    with atomic_dir(directory) as tmp:
+        for side, vectors in (("images", targets.images), ("captions", targets.captions)):
+            np.save(tmp / f"{side}.npy", vectors.cpu().numpy())
+        write_json(tmp / "manifest.json", key)
+    return targets

@@ -393,6 +393,11 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: M
                 2 * m.token_queue_size * student_cfg.embed_dim * 4 + \
                 ((train.images + train.captions) * e * 4 if student_cfg.losses.cached_kd.weight > 0 else 0)
         s.disk_bytes += _frozen_disk(size, student_cfg, shapes) if rest == "baseline" else 0
+        guided = student_cfg.losses.guided
+        if guided.weight > 0:  # the guide's vectors, stored once for every seed (distill/guide.py)
+            s.writes.append(_name(RUN.guide, "/"))
+            if guided.source == "teacher":  # a towers guide's widths are known once it loads: left out
+                s.disk_bytes += (train.images + train.captions) * cfg.teacher.embed_dim * 4
     elif name == "pack":
         n = len(cfg.experiment.seeds)
         s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), "val"], [_name(RUN.pack("distilled"), "/")])

@@ -5,16 +5,21 @@ import torch.nn.functional as F
 from core.config import GuidedLossConfig, ImageTowerConfig, TextTowerConfig
 from core.data.loading import pair_loader
 from core.run_layout import RunPaths
+from distill import guide as guide_module
 from distill.guide import guide_targets
 from distill.terms import GuidedTerm, StepContext, _relational
 from tests.conftest import TINY_TOWERS, build_tiny
 
 
+def _towers_guide(text_model_dir, max_length: int = 24) -> GuidedLossConfig:
+    return GuidedLossConfig(weight=1.0, source="towers", image_tower=ImageTowerConfig(**TINY_TOWERS["image_tower"]),
+                            text_tower=TextTowerConfig(model=str(text_model_dir), max_length=max_length))
+
+
 @pytest.fixture()
 def guide(tmp_path, text_model_dir, splits):
-    cfg = GuidedLossConfig(weight=1.0, source="towers", image_tower=ImageTowerConfig(**TINY_TOWERS["image_tower"]),
-                           text_tower=TextTowerConfig(model=str(text_model_dir), max_length=24))
-    return guide_targets(cfg, RunPaths(tmp_path / "run"), splits["train"], 32, torch.device("cpu"))
+    return guide_targets(_towers_guide(text_model_dir), RunPaths(tmp_path / "run"), splits["train"], 32,
+                         torch.device("cpu"))
 
 
 def test_guide_vectors_cover_the_split_and_are_unit_norm(guide, splits):
@@ -22,6 +27,20 @@ def test_guide_vectors_cover_the_split_and_are_unit_norm(guide, splits):
     assert guide.images.shape[0] == train.n_images and guide.captions.shape[0] == train.n_captions
     torch.testing.assert_close(guide.images.norm(dim=1), torch.ones(train.n_images))
     assert not guide.images.requires_grad and not guide.captions.requires_grad
+
+
+def test_guide_vectors_are_stored_once_per_guide_and_split_and_read_back_by_later_students(
+        tmp_path, text_model_dir, splits, monkeypatch):
+    paths, cpu = RunPaths(tmp_path / "run"), torch.device("cpu")
+    first = guide_targets(_towers_guide(text_model_dir), paths, splits["train"], 32, cpu)
+    computed = []
+    real = guide_module._compute
+    monkeypatch.setattr(guide_module, "_compute", lambda *a: computed.append(a[2].name) or real(*a))
+    again = guide_targets(_towers_guide(text_model_dir), paths, splits["train"], 32, cpu)
+    assert computed == [] and torch.equal(again.images, first.images) and torch.equal(again.captions, first.captions)
+    guide_targets(_towers_guide(text_model_dir), paths, splits["val"], 32, cpu)  # another split
+    guide_targets(_towers_guide(text_model_dir, max_length=8), paths, splits["train"], 32, cpu)  # another guide
+    assert computed == ["val", "train"] and len(list(paths.guide.iterdir())) == 3
 
 
 def test_guided_enhancement_targets_stay_frozen_while_the_student_learns(guide, text_model_dir, splits):
