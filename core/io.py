@@ -149,3 +149,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     """Hex SHA-256 of a JSON-serialisable object in canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def keyed_dir(root: str | Path, key: Any) -> tuple[Path, Any, bool]:
+    """A cache directory named by what it is made from: (`root`/<hash of key>, the key as its manifest.json
+    reads back (tuples become lists), whether that manifest is there and equal to it)."""
+    key = json.loads(json.dumps(key))
+    directory = Path(root) / sha256_json(key)[:20]
+    manifest = directory / "manifest.json"
+    return directory, key, manifest.is_file() and read_json(manifest) == key

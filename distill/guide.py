@@ -8,7 +8,6 @@ projected tokens) or any configured timm / sentence-transformers pair (their poo
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from torch import nn
 
 from core.config import GuidedLossConfig
 from core.data.records import CaptionSplit
-from core.io import atomic_dir, read_json, read_npy, sha256_file, sha256_json, write_json
+from core.io import atomic_dir, keyed_dir, read_npy, sha256_file, write_json
 from core.run_layout import ModelDir, RunPaths
 from core.schema import stage_key
 from core.towers import build_towers
@@ -69,16 +68,12 @@ def guide_identity(cfg: GuidedLossConfig, paths: RunPaths) -> dict[str, Any]:
 
 
 def _guide_key(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit) -> dict[str, Any]:
-    """What the guide's vectors of `split` are made from (as the stored manifest reads back)."""
+    """What the guide's vectors of `split` are made from."""
     towers = {} if cfg.source == "teacher" else {"towers": stage_key([cfg.image_tower, cfg.text_tower])}
-    key = {"source": cfg.source, **guide_identity(cfg, paths), **towers, "split": split.fingerprint()}
-    return json.loads(json.dumps(key))
+    return {"source": cfg.source, **guide_identity(cfg, paths), **towers, "split": split.fingerprint()}
 
 
-def _stored(directory: Path, key: dict[str, Any], device: torch.device) -> GuideTargets | None:
-    manifest = directory / "manifest.json"
-    if not (manifest.is_file() and read_json(manifest) == key):
-        return None
+def _stored(directory: Path, device: torch.device) -> GuideTargets:
     return GuideTargets(*(torch.from_numpy(np.array(read_npy(directory / f"{side}.npy"))).to(device)
                           for side in ("images", "captions")))
 
@@ -99,11 +94,9 @@ def guide_targets(cfg: GuidedLossConfig, paths: RunPaths, split: CaptionSplit, b
                   device: torch.device) -> GuideTargets:
     """The guide's vectors for every image and caption of `split`: read from `run_dir/guide/` when a
     student before this one stored them for the same guide and split, else computed and stored."""
-    key = _guide_key(cfg, paths, split)
-    directory = paths.guide / sha256_json(key)[:20]
-    found = _stored(directory, key, device)
-    if found is not None:
-        return found
+    directory, key, fresh = keyed_dir(paths.guide, _guide_key(cfg, paths, split))
+    if fresh:
+        return _stored(directory, device)
     targets = _compute(cfg, paths, split, batch_size, device)
     with atomic_dir(directory) as tmp:
         for side, vectors in (("images", targets.images), ("captions", targets.captions)):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -26,7 +25,7 @@ from torch import nn
 from core.data.images import ImagePreprocess
 from core.data.loading import caption_batches, image_loader
 from core.data.records import CaptionSplit
-from core.io import atomic_dir, read_json, read_npy, sha256_json, write_json
+from core.io import atomic_dir, keyed_dir, read_npy, sha256_json, write_json
 from core.progress import progress
 from core.towers.image import TokenOutput
 
@@ -105,9 +104,8 @@ def _open(directory: Path) -> FrozenOutputs:
 
 
 def _cached(root: Path, key: dict, compute) -> FrozenOutputs:
-    key = json.loads(json.dumps(key))  # as it reads back from the manifest (tuples become lists)
-    directory = Path(root) / sha256_json(key)[:20]
-    if not ((directory / "manifest.json").is_file() and read_json(directory / "manifest.json") == key):
+    directory, key, fresh = keyed_dir(root, key)
+    if not fresh:
         if compute is None:
             raise FileNotFoundError(errno.ENOENT, "no frozen-tower cache", str(directory / "manifest.json"))
         compute(directory)
