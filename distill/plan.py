@@ -417,12 +417,14 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: M
         # teacher and student (4 bytes each), re-ranking's i2t and t2i copies (8 each), the metrics' temporaries
         s.memory = {"score matrices": matrix * 32, "scoring block": block + chunk}
         s.knobs = {"score matrices": f"data.limit_{cfg.eval.split}", "scoring block": "scores.block_gib"}
-        # the teacher scores each scored protocol's diagonal blocks (the whole matrix when folds 1 is listed),
-        # re-ranks each K within each fold of every protocol, and scores the examples' pairs
+        # the teacher scores each scored protocol's diagonal blocks (the whole matrix when folds 1 is listed:
+        # re-ranking and the examples then read it), else also re-ranks each K within each fold of every
+        # protocol and scores the examples' pairs
         blocks = sum(f * (test.images // f) * (test.captions // f) for f in scored_folds(cfg.eval.protocols))
-        rerank = sum(test.images * min(k, test.captions // f) + test.captions * min(k, test.images // f)
-                     for f in cfg.eval.protocols for k in cfg.eval.rerank_k)
-        s.teacher_pairs = n_teachers * (blocks + rerank + example_pairs(test.images, test.captions))
+        rerank = 0 if 1 in cfg.eval.protocols else (
+            sum(test.images * min(k, test.captions // f) + test.captions * min(k, test.images // f)
+                for f in cfg.eval.protocols for k in cfg.eval.rerank_k) + example_pairs(test.images, test.captions))
+        s.teacher_pairs = n_teachers * (blocks + rerank)
         s.disk_bytes = sum(_token_store_bytes(test, size, t, token_item) for t, size in members)
     elif name == "bench":
         s = StagePlan(name, [_name(RUN.teacher, "/"), _name(RUN.export, "/"), cfg.eval.split], [_name(RUN.bench.parent, "/")])

@@ -492,9 +492,10 @@ def stage_eval(cfg: Config) -> EvalResults:
     teacher = None
     if ModelDir(paths.teacher).weights.is_file():
         teacher, store = teacher_tokens(cfg, cfg.eval.split, split, device)
-        systems.append(teacher_result(teacher, store.images, store.captions, split, cfg.seed, folds,
-                                      cfg.scores.block_gib, cfg.scores.bf16, cfg.scores.token_dtype))
-        examples.add_scorer("teacher", candidate_scorer(teacher, store.images, store.captions, cfg.scores.bf16))
+        result, teacher_scores = teacher_result(teacher, store.images, store.captions, split, cfg.seed, folds,
+                                                cfg.scores.block_gib, cfg.scores.bf16, cfg.scores.token_dtype)
+        systems.append(result)
+        examples.add_scorer("teacher", teacher_scores)
     rerank_source = _rerank_source(cfg, paths)
     shown = {paths.student(v, cfg.experiment.seeds[0]).name for v in RUN_STUDENTS}
     for student_dir in _student_dirs(cfg):
@@ -506,8 +507,8 @@ def stage_eval(cfg: Config) -> EvalResults:
         if result.name in shown:
             examples.add_sims(result.name, sims)
         if teacher is not None and student_dir.name == rerank_source:
-            systems += rerank_results(result, sims, teacher, store.images, store.captions, split, cfg.eval.rerank_k,
-                                      cfg.eval.rerank_student_weight, folds, cfg.scores.bf16)
+            systems += rerank_results(result, sims, teacher_scores, split, cfg.eval.rerank_k,
+                                      cfg.eval.rerank_student_weight, folds)
     if (paths.export / EXPORT_MANIFEST).is_file():
         source = _export_source(paths).name
         pytorch = next((s for s in systems if s.name == source), None)
@@ -532,8 +533,12 @@ def stage_bench(cfg: Config) -> dict[str, Any]:
     paths = RunPaths(cfg.run_dir)
     teacher, student = load_teacher(cfg, "cpu"), load_model(_export_source(paths), "cpu")
     split = load_split(cfg, cfg.eval.split)
+    try:  # the student's cached tower outputs of the split (eval made them), to embed the gallery from
+        frozen_images = frozen_for(student, split, paths.features, cfg.eval.batch_size, torch.device("cpu"), build=False)[0]
+    except FileNotFoundError:
+        frozen_images = None
     result = run_benchmark(teacher, student, paths.export, split, student.image_tower.preprocess(), cfg.bench,
-                           cfg.eval.rerank_k, cfg.eval.rerank_student_weight)
+                           cfg.eval.rerank_k, cfg.eval.rerank_student_weight, frozen_images)
     write_json(paths.bench, result)
     write_bench_files(result, paths.bench.parent)
     for row in result["rows"]:

@@ -25,14 +25,15 @@ from core.data.records import CaptionSplit
 from core.io import read_json
 from core.machine import machine_info
 from core.timing import time_calls
+from core.towers.frozen import FrozenOutputs
 from eval.evaluate import onnx_gallery
 from eval.matrix import run_matrix
 from eval.scaling import cost_model, ratios, scaling_unavailable, student_points, teacher_points, token_shape
 from export.runtime import MANIFEST
-from student.encode import encode_split as student_encode
+from student.encode import encode_side
 from student.model import DualEncoder
 from student.packed import PackedStudent
-from teacher.scoring import Teacher, encode_gallery
+from teacher.scoring import Side, Teacher, encode_gallery
 
 TOP_K = 10
 
@@ -59,12 +60,14 @@ def _image_rows(encode: Callable[[np.ndarray], Any], images: np.ndarray, cfg: Be
 
 def _torch_rows(teacher: Teacher, student: DualEncoder, split: CaptionSplit, queries: list[str],
                 student_pre: ImagePreprocess | None, cfg: BenchConfig, device: torch.device, rerank_k: list[int],
-                student_weight: float) -> list[dict[str, Any]]:
+                student_weight: float, gallery_tokens: Side, frozen_images: FrozenOutputs | None) -> list[dict[str, Any]]:
+    """PyTorch rows on `device`; `gallery_tokens`: the teacher's side of the gallery there, `frozen_images`:
+    the student's cached image-tower outputs of the split, if any."""
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     teacher.to(device).eval()
     student.to(device).eval()
-    gallery_emb = torch.from_numpy(student_encode(student, split, student_pre, 128, device, progress=False)[0]).to(device)
-    gallery_tokens = encode_gallery(teacher, split, 128, device)
+    gallery_emb = torch.from_numpy(encode_side(student, split, "image", student_pre, 128, device, False,
+                                               frozen_images)).to(device)
     k = min(TOP_K, split.n_images)
     rows = []
 
@@ -142,22 +145,23 @@ def _onnx_rows(export_dir: Path, split: CaptionSplit, queries: list[str], cfg: B
 
 def run_benchmark(teacher: Teacher, student: DualEncoder, export_dir: str | Path, split: CaptionSplit,
                   student_pre: ImagePreprocess | None, cfg: BenchConfig, rerank_k: list[int] = (),
-                  student_weight: float = 1.0) -> dict[str, Any]:
+                  student_weight: float = 1.0, frozen_images: FrozenOutputs | None = None) -> dict[str, Any]:
     """Measure every backend available here; returns rows plus the machine description. The teacher is
     the run's: an ensemble's query encodes the caption with, and scores the gallery by, every member.
     `rerank_k`: depths of the student-retrieves, teacher-re-ranks system to time (re-ranking score:
-    teacher + student_weight x student)."""
+    teacher + student_weight x student). `frozen_images`: the student's cached image-tower outputs of
+    the split, which its gallery is then embedded from (the gallery is built before timing either way)."""
     import onnxruntime as ort
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     queries = list(split.captions[: cfg.queries])
     rerank_k = list(rerank_k)
-    rows = _torch_rows(teacher, student, split, queries, student_pre, cfg, torch.device("cpu"), rerank_k, student_weight)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if cfg.cuda and torch.cuda.is_available() else [])
+    galleries = {d: encode_gallery(teacher.to(d), split, 128, d) for d in devices}  # for the rows and the scaling
+    rows = [row for d in devices for row in _torch_rows(teacher, student, split, queries, student_pre, cfg, d, rerank_k,
+                                                        student_weight, galleries[d], frozen_images)]
     providers = ["CPUExecutionProvider"]
-    if cfg.cuda and torch.cuda.is_available():
-        rows += _torch_rows(teacher, student, split, queries, student_pre, cfg, torch.device("cuda"), rerank_k,
-                            student_weight)
     if cfg.cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.append("CUDAExecutionProvider")
     variants = read_json(Path(export_dir) / MANIFEST)["variants"]
@@ -176,13 +180,14 @@ def run_benchmark(teacher: Teacher, student: DualEncoder, export_dir: str | Path
     if cfg.matrix:
         result["matrix"] = run_matrix(student, export_dir, cfg)
     if cfg.scaling:
-        result["scaling"] = _scaling(teacher, student, Path(export_dir), split, queries, cfg)
+        result["scaling"] = _scaling(teacher, Path(export_dir), split, queries, cfg, galleries)
     return result
 
 
-def _scaling(teacher: Teacher, student: DualEncoder, export_dir: Path, split: CaptionSplit, queries: list[str],
-             cfg: BenchConfig) -> dict[str, Any]:
-    """Per-query latency against gallery size: the split's real gallery features, tiled to each size."""
+def _scaling(teacher: Teacher, export_dir: Path, split: CaptionSplit, queries: list[str], cfg: BenchConfig,
+             galleries: dict[torch.device, Side]) -> dict[str, Any]:
+    """Per-query latency against gallery size: the split's real gallery features (`galleries`: the teacher's
+    on each device), tiled to each size."""
     import onnxruntime as ort
 
     from export.runtime import OnnxStudent
@@ -193,10 +198,8 @@ def _scaling(teacher: Teacher, student: DualEncoder, export_dir: Path, split: Ca
         gpu_runtime = OnnxStudent(export_dir, "fp32", providers="cuda", io_binding=True)
     gallery = onnx_gallery(runtime, split)
     rows = student_points(runtime, gallery, queries, cfg, gpu_runtime)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if cfg.cuda and torch.cuda.is_available() else [])
-    for device in devices:
+    for device, tokens in galleries.items():
         teacher.to(device).eval()
-        tokens = encode_gallery(teacher, split, 128, device)
         rows += teacher_points(teacher, tokens, queries, cfg, device)
     teacher.cpu()
     return {"rows": rows, "cost_model": cost_model(rows, cfg.usable_ms), "ratios": ratios(rows),

@@ -44,12 +44,19 @@ def teacher_metrics_by_folds(teacher: Teacher, images: Side, captions: Side, spl
     five 1K x 5K blocks, a fifth of the 5K x 25K matrix)."""
     k, cpi = teacher.eval_top_k, split.captions_per_image
     if not k:
-        blocks = {f: list(diagonal_scores(teacher, images, captions, f, cpi, block_gib, progress, bf16))
-                  for f in scored_folds(folds)}
-        return block_metrics(blocks, cpi, folds), "every pair"
+        return block_metrics(teacher_blocks(teacher, images, captions, split, folds, block_gib, bf16, progress), cpi,
+                             folds), "every pair"
     scorer, first = candidate_scorer(teacher, images, captions, bf16), global_sims(images, captions)
     return ({f: rerank_metrics(first, scorer, k, cpi, f) for f in protocols(folds)},
             f"top-{k} of its global score, re-ranked")
+
+
+def teacher_blocks(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit, folds: int | Sequence[int],
+                   block_gib: float = 0.5, bf16: bool = False, progress: bool = True) -> dict[int, list[np.ndarray]]:
+    """The teacher's scores of every pair the protocols of `folds` rank: the diagonal blocks of each
+    `scored_folds` protocol (`blocks[1]`: the whole matrix)."""
+    return {f: list(diagonal_scores(teacher, images, captions, f, split.captions_per_image, block_gib, progress, bf16))
+            for f in scored_folds(folds)}
 
 
 def teacher_split_metrics(teacher: ScanTeacher, split: CaptionSplit, preprocess: ImagePreprocess | None,

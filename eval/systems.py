@@ -7,20 +7,29 @@ from typing import Any
 import numpy as np
 
 from core.data.records import CaptionSplit
-from eval.evaluate import metrics_for_folds, onnx_sims, teacher_metrics_by_folds
-from eval.metrics import protocols
+from eval.evaluate import metrics_for_folds, onnx_sims, teacher_blocks, teacher_metrics_by_folds
+from eval.metrics import block_metrics, protocols
 from eval.records import OnnxParity, SystemResult
 from eval.rerank import rerank_metrics, with_first_stage
 from teacher.scoring import Side, Teacher, candidate_scorer
+from teacher.topk import ScorePart, scores_from_dense
 
 Folds = int | list[int]  # `eval.folds`: one protocol or several, the first the one `SystemResult.metrics` holds
 
 
 def teacher_result(teacher: Teacher, images: Side, captions: Side, split: CaptionSplit, seed: int, folds: Folds,
-                   block_gib: float, bf16: bool, token_dtype: str) -> SystemResult:
-    by_folds, scored = teacher_metrics_by_folds(teacher, images, captions, split, folds, block_gib, bf16)
+                   block_gib: float, bf16: bool, token_dtype: str) -> tuple[SystemResult, ScorePart]:
+    """The teacher's result, and what re-ranking and the examples score pairs with: lookups into the whole
+    matrix when its metrics scored every pair of it (protocol 1), else the teacher scoring the pairs asked for."""
+    if teacher.eval_top_k or 1 not in protocols(folds):
+        by_folds, scored = teacher_metrics_by_folds(teacher, images, captions, split, folds, block_gib, bf16)
+        scorer = candidate_scorer(teacher, images, captions, bf16)
+    else:
+        blocks = teacher_blocks(teacher, images, captions, split, folds, block_gib, bf16)
+        by_folds, scored = block_metrics(blocks, split.captions_per_image, folds), "every pair"
+        scorer = scores_from_dense(blocks[1][0])
     return SystemResult.of_folds("teacher", "teacher", seed, by_folds, matching=teacher.label, scored=scored,
-                                 token_dtype=token_dtype)
+                                 token_dtype=token_dtype), scorer
 
 
 def student_result(name: str, info: dict[str, Any], sims: np.ndarray, split: CaptionSplit, folds: Folds) -> SystemResult:
@@ -29,11 +38,11 @@ def student_result(name: str, info: dict[str, Any], sims: np.ndarray, split: Cap
                                  losses=info["losses"])
 
 
-def rerank_results(student: SystemResult, sims: np.ndarray, teacher: Teacher, images: Side, captions: Side,
-                   split: CaptionSplit, ks: list[int], student_weight: float, folds: Folds, bf16: bool) -> list[SystemResult]:
-    """The teacher re-ranking the student's top-K (per K), fused with `student_weight` x the student's score;
-    under each protocol the teacher re-ranks within each fold's block."""
-    fused = with_first_stage(candidate_scorer(teacher, images, captions, bf16), sims, student_weight)
+def rerank_results(student: SystemResult, sims: np.ndarray, teacher: ScorePart, split: CaptionSplit, ks: list[int],
+                   student_weight: float, folds: Folds) -> list[SystemResult]:
+    """The teacher (`teacher_result`'s scorer) re-ranking the student's top-K (per K), fused with
+    `student_weight` x the student's score; under each protocol the teacher re-ranks within each fold's block."""
+    fused = with_first_stage(teacher, sims, student_weight)
     return [SystemResult.of_folds(f"rerank-top{k}", f"rerank-top{k}", student.seed,
                                   {f: rerank_metrics(sims, fused, k, split.captions_per_image, f) for f in protocols(folds)},
                                   k=k, source=student.name, student_weight=student_weight) for k in ks]

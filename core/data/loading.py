@@ -31,6 +31,7 @@ from core.data.batching import LexicalBatches
 from core.data.image_cache import CachedImages, decode
 from core.data.images import ImagePreprocess
 from core.data.records import CaptionSplit
+from core.length_groups import extents
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -311,11 +312,23 @@ def image_loader(split: CaptionSplit, preprocess: ImagePreprocess | None, batch_
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
-def caption_batches(split: CaptionSplit, tokenize: Tokenize, batch_size: int, rows: range | None = None):
-    """The captions of a split (`rows` of them, default all), in order, as tokenised batches."""
+def caption_batches(split: CaptionSplit, tokenize: Tokenize, batch_size: int, rows: range | None = None,
+                    sort_window: int = 0) -> Iterator[Batch]:
+    """The captions of a split (`rows` of them, default all) as tokenised batches, in order; each batch is
+    padded to its longest caption. With `sort_window` > 0, the captions of each run of `sort_window` batches
+    are sorted by length first, so a batch pads only to a length its captions share (Flickr8k with MiniLM:
+    14.3 tokens on average, the longest of a random batch of 128 about 28, so a layer over in-order batches
+    does about twice the work), while memory stays one window. `caption_index` says which captions a batch holds."""
     rows = range(split.n_captions) if rows is None else rows
-    for start in range(rows.start, rows.stop, batch_size):
-        stop = min(rows.stop, start + batch_size)
+    step = batch_size * max(1, sort_window)
+    for start in range(rows.start, rows.stop, step):
+        stop = min(rows.stop, start + step)
         tokens = tokenize(list(split.captions[start:stop]))
-        yield Batch(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                    caption_index=torch.arange(start, stop))
+        ids, mask, index = tokens["input_ids"], tokens["attention_mask"], torch.arange(start, stop)
+        if sort_window:
+            order = torch.argsort(extents(mask), descending=True, stable=True)
+            ids, mask, index = ids[order], mask[order], index[order]
+        for s in range(0, len(index), batch_size):
+            width = max(1, int(extents(mask[s:s + batch_size]).max()))
+            yield Batch(input_ids=ids[s:s + batch_size, :width], attention_mask=mask[s:s + batch_size, :width],
+                        caption_index=index[s:s + batch_size])

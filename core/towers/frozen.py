@@ -73,12 +73,15 @@ class FrozenOutputs:
         )
 
 
-def _compute(outputs: Iterable[TokenOutput], n: int, directory: Path, key: dict) -> None:
+SORT_WINDOW = 64  # caption batches sorted by length together when a text cache is built
+
+
+def _compute(outputs: Iterable[tuple[torch.Tensor, TokenOutput]], n: int, directory: Path, key: dict) -> None:
+    """Write (rows, outputs of those rows) pairs, in any row order, into a new cache directory."""
     tokens = mask = pooled = None
-    start = 0
     with atomic_dir(directory) as tmp:
-        for out in outputs:
-            b, t, c = out.tokens.shape
+        for rows, out in outputs:
+            _, t, c = out.tokens.shape
             if tokens is None:
                 width = t if key["kind"] == "image" else key["max_length"]
                 tokens = np.lib.format.open_memmap(tmp / "tokens.npy", "w+", np.float16, (n, width, c))
@@ -86,10 +89,10 @@ def _compute(outputs: Iterable[TokenOutput], n: int, directory: Path, key: dict)
                 pooled = np.lib.format.open_memmap(tmp / "pooled.npy", "w+", np.float16, (n, out.pooled.shape[1]))
                 mask[:] = False
                 tokens[:] = 0
-            tokens[start:start + b, :t] = out.tokens.float().cpu().numpy()
-            mask[start:start + b, :t] = out.mask.cpu().numpy()
-            pooled[start:start + b] = out.pooled.float().cpu().numpy()
-            start += b
+            rows = rows.cpu().numpy()
+            tokens[rows, :t] = out.tokens.float().cpu().numpy()
+            mask[rows, :t] = out.mask.cpu().numpy()
+            pooled[rows] = out.pooled.float().cpu().numpy()
         for arr in (tokens, mask, pooled):
             arr.flush()
         del tokens, mask, pooled
@@ -123,7 +126,7 @@ def frozen_image_outputs(tower: nn.Module, split: CaptionSplit, preprocess: Imag
 
     def run(directory: Path) -> None:
         batches = progress(image_loader(split, preprocess, batch_size), "frozen image tower")
-        outs = (tower.trunk(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device))
+        outs = ((b.image_index, tower.trunk(b.images.to(device), None if b.image_mask is None else b.image_mask.to(device)))
                 for b in batches)
         _compute(outs, split.n_images, directory, key)
 
@@ -140,9 +143,9 @@ def frozen_text_outputs(tower: nn.Module, split: CaptionSplit, root: Path, batch
     tower.eval()
 
     def run(directory: Path) -> None:
-        batches = progress(caption_batches(split, tower.tokenize, batch_size), "frozen text tower",
-                           total=-(-split.n_captions // batch_size))
-        outs = (tower.trunk(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches)
+        batches = progress(caption_batches(split, tower.tokenize, batch_size, sort_window=SORT_WINDOW),
+                           "frozen text tower", total=-(-split.n_captions // batch_size))
+        outs = ((b.caption_index, tower.trunk(b.input_ids.to(device), b.attention_mask.to(device))) for b in batches)
         _compute(outs, split.n_captions, directory, key)
 
     return _cached(root, key, run if build else None)

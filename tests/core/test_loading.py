@@ -184,3 +184,24 @@ def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     assert TrainConfig().workers() == 8 and TrainConfig(num_workers=0).workers() == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert TrainConfig().workers() == 3
+
+
+def test_length_sorted_caption_batches_hold_every_caption_once_with_its_in_order_tokens(splits, tiny_student):
+    """Sorting a window of batches by length changes which captions share a batch, never a caption's
+    tokens; each batch is padded only to its own longest caption."""
+    split = splits["train"]
+    in_order = list(loading.caption_batches(split, tiny_student.tokenize, 4))
+    sorted_ = list(loading.caption_batches(split, tiny_student.tokenize, 4, sort_window=3))
+    assert len(sorted_) == len(in_order)
+    assert torch.equal(torch.cat([b.caption_index for b in in_order]), torch.arange(split.n_captions))
+    rows = torch.cat([b.caption_index for b in sorted_])
+    assert sorted(rows.tolist()) == list(range(split.n_captions)) and not torch.equal(rows, torch.arange(split.n_captions))
+    tokens = {int(i): ids[m.bool()] for b in in_order for i, ids, m in zip(b.caption_index, b.input_ids, b.attention_mask, strict=True)}
+    lengths = []
+    for b in sorted_:
+        assert b.attention_mask[:, -1].any()  # trimmed to the batch's longest
+        for i, ids, m in zip(b.caption_index, b.input_ids, b.attention_mask, strict=True):
+            assert torch.equal(ids[m.bool()], tokens[int(i)])
+        lengths.append(b.attention_mask.sum(1))
+    window = torch.cat(lengths[:3])  # the first window of 3 batches: longest first
+    assert torch.equal(window, window.sort(descending=True).values)

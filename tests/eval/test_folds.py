@@ -9,9 +9,10 @@ from eval.evaluate import metrics_for_folds, teacher_metrics_by_folds
 from eval.metrics import block_metrics, check_folds, metrics_by_folds, retrieval_metrics, scored_folds
 from eval.records import EvalResults, SystemResult
 from eval.report import summarise, to_markdown
+from eval.systems import rerank_results, teacher_result
 from teacher.ensemble import EnsembleSide
 from teacher.model import PairCounter
-from teacher.scoring import diagonal_scores, encode_split, score_all, side_rows
+from teacher.scoring import candidate_scorer, diagonal_scores, encode_split, score_all, side_rows
 from teacher.tokens import StoredSide, build_token_store, open_token_store, token_identity
 from tests.conftest import build_tiny
 
@@ -105,6 +106,26 @@ def test_the_teacher_scores_the_whole_matrix_once_when_1_is_listed(tiny_teacher,
     assert by_folds == metrics_for_folds(full, split, [1, 2])  # the same scores, sliced: identical figures
 
 
+def test_reranking_reads_the_matrix_the_teachers_metrics_scored(tiny_teacher, splits, store):
+    """With protocol 1 listed, re-ranking looks the teacher's scores up in the matrix its metrics scored:
+    no pair is scored twice, and the figures are those of the teacher scoring the candidates itself."""
+    split = splits["test"]
+    (result, scorer), pairs = _pairs(lambda: teacher_result(tiny_teacher, store.images, store.captions, split, 0,
+                                                            [1, 2], 0.5, False, "float32"))
+    assert pairs == split.n_images * split.n_captions and result.rsum == result.by_folds[1]["rsum"]
+    sims = np.random.default_rng(0).normal(size=(split.n_images, split.n_captions)).astype(np.float32)
+    student = SystemResult.of_folds("s", "distilled", 0, metrics_for_folds(sims, split, [1, 2]))
+    reranked, pairs = _pairs(lambda: rerank_results(student, sims, scorer, split, [3, 8], 1.0, [1, 2]))
+    assert pairs == 0
+    scored = rerank_results(student, sims, candidate_scorer(tiny_teacher, store.images, store.captions), split,
+                            [3, 8], 1.0, [1, 2])
+    for a, b in zip(reranked, scored, strict=True):
+        for f in (1, 2):
+            assert a.by_folds[f] == pytest.approx(b.by_folds[f])
+    _, scorer = teacher_result(tiny_teacher, store.images, store.captions, split, 0, [2], 0.5, False, "float32")
+    assert _pairs(lambda: rerank_results(student, sims, scorer, split, [3], 1.0, [2]))[1] > 0  # blocks only: scored
+
+
 def test_fold_protocols_alone_score_only_the_diagonal_blocks(tiny_teacher, splits, store):
     split, cpi = splits["test"], splits["test"].captions_per_image
     full = score_all(tiny_teacher, store.images, store.captions, progress=False)
@@ -162,9 +183,9 @@ def test_the_plan_counts_the_blocks_the_teacher_scores(tmp_path):
 
     data = load_config(None, []).data
     whole = data.synthetic.n_test * data.synthetic.n_test * data.captions_per_image
-    examples = pairs("[1, 5]") - whole
-    assert pairs("1") - examples == pairs("[5, 1]") - examples == whole
-    assert pairs("5") - examples == whole // 5 and pairs("[2, 4]") - examples == whole // 2
+    assert pairs("1") == pairs("[1, 5]") == pairs("[5, 1]") == whole  # the examples read the whole matrix
+    examples = pairs("5") - whole // 5  # without it they are scored
+    assert examples > 0 and pairs("[2, 4]") - examples == whole // 2
 
 
 def test_a_cross_encoder_reranks_within_each_fold_of_each_protocol(text_model_dir, splits):
