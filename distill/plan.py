@@ -398,6 +398,7 @@ def stage_plan(cfg: Config, shapes: dict[str, SplitShape], name: str, student: M
             s.writes.append(_name(RUN.guide, "/"))
             if guided.source == "teacher":  # a towers guide's widths are known once it loads: left out
                 s.disk_bytes += (train.images + train.captions) * cfg.teacher.embed_dim * 4
+                s.reads.append(_name(RUN.teacher_tokens("train"), "/"))  # the teacher guide's source
     elif name == "pack":
         n = len(cfg.experiment.seeds)
         s = StagePlan(name, [_name(RUN.student("distilled", "*"), "/"), "val"], [_name(RUN.pack("distilled"), "/")])

@@ -224,7 +224,7 @@ def _ensemble_weights(cfg: Config, force: bool, members: list[str], configs: lis
         return out
     sims = []
     for member in configs:
-        teacher, store = _single_tokens(member, "val", val, device)
+        teacher, store = single_teacher_tokens(member, "val", val, device)
         sims.append(score_all(teacher, store.images, store.captions, cfg.scores.block_gib, False, cfg.scores.bf16))
     chosen = fit_ensemble(sims, val.captions_per_image, step=ENSEMBLE_STEP)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,9 +281,9 @@ def teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.d
     built when missing or made for another teacher or dataset; under torchrun the ranks share the
     encoding. An ensemble reads each member's store (members of weight 0 are left out)."""
     if not cfg.teacher.ensemble:
-        return _single_tokens(cfg, which, split, device, ranks, force)
+        return single_teacher_tokens(cfg, which, split, device, ranks, force)
     spec, used = _ensemble_members(cfg)
-    pairs = [_single_tokens(variant_run(cfg, m["name"], cfg.seed), which, split, device, ranks, force, m["sha256"])
+    pairs = [single_teacher_tokens(variant_run(cfg, m["name"], cfg.seed), which, split, device, ranks, force, m["sha256"])
              for m in used]
     stores = [store for _, store in pairs]
     return (_ensemble(spec, used, [teacher for teacher, _ in pairs]),
@@ -321,7 +321,7 @@ def _ensemble(spec: dict[str, Any], used: list[dict[str, Any]], members: list[Sc
                            [m["name"] for m in used])
 
 
-def _single_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
+def single_teacher_tokens(cfg: Config, which: str, split: CaptionSplit, device: torch.device, ranks: Ranks = Ranks(),
                    force: bool = False, checkpoint_sha256: str | None = None) -> tuple[ScanTeacher, TokenStore]:
     """`teacher_tokens` of the single teacher fitted in the run's `teacher/` (whose checkpoint hash the
     caller may already know)."""

@@ -32,6 +32,7 @@ from distill.stages import (
     frozen_shared,
     load_split,
     shared_text_source,
+    single_teacher_tokens,
     teacher_hash,
     teacher_tokens,
     topk_identity_for,
@@ -104,14 +105,18 @@ def _teacher_context(cfg: Config, student: StudentConfig, paths: RunPaths, train
     return student, context
 
 
-def _local_context(student: StudentConfig, context: StepContext, paths: RunPaths, train: CaptionSplit,
-                   batch_size: int, device: torch.device) -> StepContext:
+def _local_context(cfg: Config, student: StudentConfig, context: StepContext, train: CaptionSplit,
+                   device: torch.device, ranks: Ranks) -> StepContext:
     """What the enhancement terms read, made once the student is known to need training: the
     lexical labels of the training captions and the guide's vectors."""
     if uses_lexical(student):
         context = dataclasses.replace(context, lexical=LexicalLabels(train.captions, train.captions_per_image))
-    if student.losses.guided.weight > 0:
-        context = dataclasses.replace(context, guide=guide_targets(student.losses.guided, paths, train, batch_size, device))
+    guided = student.losses.guided
+    if guided.weight > 0:
+        # the fitted teacher's store (not an ensemble's), opened on every rank since building it is collective
+        store = single_teacher_tokens(cfg, "train", train, device, ranks)[1] if guided.source == "teacher" else None
+        context = dataclasses.replace(context, guide=guide_targets(guided, RunPaths(cfg.run_dir), train,
+                                                                   cfg.eval.batch_size, device, store))
     return context
 
 
@@ -159,7 +164,7 @@ def stage_distill(cfg: Config, variant: str = "distilled", seed: int | None = No
     seed_everything(seed)
     student = new_model("student", student_cfg, text_model, feature_dim(train)).to(device)  # built on the CPU
     objective = student_objective(student_cfg)
-    context = _local_context(student_cfg, context, paths, train, cfg.eval.batch_size, device)
+    context = _local_context(cfg, student_cfg, context, train, device, ranks)
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_model_info(out, "student", student_cfg, text_model, feature_dim(train), seed=seed, variant=variant,

@@ -4,10 +4,13 @@ import torch.nn.functional as F
 
 from core.config import GuidedLossConfig, ImageTowerConfig, TextTowerConfig
 from core.data.loading import pair_loader
-from core.run_layout import RunPaths
+from core.run_layout import ModelDir, RunPaths
 from distill import guide as guide_module
 from distill.guide import guide_targets
 from distill.terms import GuidedTerm, StepContext, _relational
+from student.enhance import masked_mean
+from teacher.scoring import encode_split
+from teacher.tokens import build_token_store, open_token_store, token_identity
 from tests.conftest import TINY_TOWERS, build_tiny
 
 
@@ -41,6 +44,29 @@ def test_guide_vectors_are_stored_once_per_guide_and_split_and_read_back_by_late
     guide_targets(_towers_guide(text_model_dir), paths, splits["val"], 32, cpu)  # another split
     guide_targets(_towers_guide(text_model_dir, max_length=8), paths, splits["train"], 32, cpu)  # another guide
     assert computed == ["val", "train"] and len(list(paths.guide.iterdir())) == 3
+
+
+@pytest.mark.parametrize("global_weight", [1.0, 0.0])
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-6), ("float16", 2e-3)])
+def test_the_teacher_guide_reads_the_teachers_global_vectors_from_its_token_store(
+        tmp_path, text_model_dir, splits, global_weight, dtype, atol):
+    """The teacher's global vectors (its global head's, else its mean projected token), unit norm, from
+    the store KD's caches are made from: no second pass of the teacher over the split."""
+    teacher, split, cpu = build_tiny("teacher", text_model_dir, global_weight=global_weight), splits["train"], torch.device("cpu")
+    identity = token_identity("t" * 64, split.fingerprint(), split.name, split.n_images, split.n_captions, dtype)
+    build_token_store(teacher, split, tmp_path / "store", identity, teacher.image_tower.preprocess(), 7, cpu,
+                      progress=False)
+    paths = RunPaths(tmp_path / "run")
+    ModelDir(paths.teacher).weights.parent.mkdir(parents=True)
+    ModelDir(paths.teacher).weights.write_bytes(b"the fitted teacher")  # the guide's key names its checkpoint
+    guide = guide_targets(GuidedLossConfig(weight=1.0), paths, split, 32, cpu, open_token_store(tmp_path / "store", identity))
+    with torch.no_grad():
+        encoded = encode_split(teacher, split, teacher.image_tower.preprocess(), 5, cpu, False)
+    for got, side in zip((guide.images, guide.captions), encoded, strict=True):
+        vectors = side.pooled if global_weight else masked_mean(side.tokens, side.mask)
+        torch.testing.assert_close(got, F.normalize(vectors, dim=-1), atol=atol, rtol=0)
+    with pytest.raises(ValueError, match="token store"):
+        guide_targets(GuidedLossConfig(weight=1.0), paths, splits["val"], 32, cpu)  # not stored yet, and no store
 
 
 def test_guided_enhancement_targets_stay_frozen_while_the_student_learns(guide, text_model_dir, splits):

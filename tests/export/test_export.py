@@ -63,6 +63,19 @@ def test_runtime_matches_pytorch_on_dynamic_shapes(exported, variant, texts):
         np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def test_captions_run_in_length_order_and_come_back_in_theirs(exported, splits):
+    """Batches of similar length, each padded to its own longest: the same embedding for a caption
+    whatever the others beside it, returned in the order given."""
+    student, out, _ = exported
+    runtime = OnnxStudent(out)
+    texts = ["a", "word " * 60, "a red circle", "tiny", "a big red circle left of a small blue square"] + \
+        list(splits["test"].captions[:7])
+    alone = np.concatenate([runtime.encode_text([t]) for t in texts])
+    np.testing.assert_allclose(runtime.encode_text(texts, batch_size=3), alone, atol=1e-5)
+    np.testing.assert_allclose(runtime.encode_text(texts[::-1], batch_size=4), alone[::-1], atol=1e-5)
+    assert runtime.encode_text([]).shape == (0, runtime.embedding_dim)
+
+
 @pytest.mark.parametrize("n", [1, 5])
 def test_runtime_images_match_pytorch(exported, splits, n):
     student, out, _ = exported
