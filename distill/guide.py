@@ -45,9 +45,13 @@ def _store_side(side: StoredSide, device: torch.device, block_rows: int = 4096) 
     the mean of its stored tokens (padding is stored as zeros), renormalised after float16 storage."""
     vectors = []
     for start in range(0, len(side), block_rows):
-        enc = side[np.arange(start, min(len(side), start + block_rows))]
-        vectors.append(F.normalize(enc.pooled if enc.pooled is not None else masked_mean(enc.tokens, enc.mask), dim=-1))
-    return torch.cat(vectors).to(device)
+        rows = np.arange(start, min(len(side), start + block_rows))
+        if side.pooled is not None:  # the tokens are not read at all
+            vectors.append(torch.from_numpy(np.asarray(side.pooled[rows], dtype=np.float32)))
+        else:
+            encoded = side[rows]
+            vectors.append(masked_mean(encoded.tokens, encoded.mask).cpu())
+    return F.normalize(torch.cat(vectors), dim=-1).to(device)
 
 
 @torch.no_grad()
