@@ -90,11 +90,13 @@ def onnx_gallery(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarr
     return np.concatenate([runtime.encode_image_files(split.image_paths[s:s + batch_size], batch_size) for s in starts])
 
 
-def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarray:
-    """Caption embeddings of a split by an exported student, in blocks that report their progress."""
-    captions = list(split.captions)
-    return np.concatenate([runtime.encode_text(captions[s:s + batch_size], batch_size)
-                           for s in progress(range(0, len(captions), batch_size), "ONNX caption encoding")])
+def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64, batches_per_block: int = 64) -> np.ndarray:
+    """Caption embeddings of a split by an exported student, in blocks of `batches_per_block` batches that
+    report their progress: `encode_text` sorts a block's captions by length, which a block of one batch
+    could not (and a whole split's token ids are not held at once)."""
+    captions, block = list(split.captions), batch_size * batches_per_block
+    return np.concatenate([runtime.encode_text(captions[s:s + block], batch_size)
+                           for s in progress(range(0, len(captions), block), "ONNX caption encoding")])
 
 
 def metrics_for(sims: np.ndarray, split: CaptionSplit, folds: int = 1) -> dict[str, float]:

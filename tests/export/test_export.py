@@ -76,6 +76,20 @@ def test_captions_run_in_length_order_and_come_back_in_theirs(exported, splits):
     assert runtime.encode_text([]).shape == (0, runtime.embedding_dim)
 
 
+def test_a_splits_captions_reach_the_runtime_in_blocks_of_several_batches(exported, splits):
+    """eval's caption encoding hands `encode_text` blocks of batches, so that it has captions to sort by length."""
+    from eval.evaluate import onnx_captions
+
+    _, out, _ = exported
+    runtime, split = OnnxStudent(out), splits["test"]
+    calls = []
+    encode = runtime.encode_text
+    runtime.encode_text = lambda texts, batch_size: calls.append(len(texts)) or encode(texts, batch_size)
+    got = onnx_captions(runtime, split, batch_size=2, batches_per_block=3)
+    assert calls[0] == 6 and sum(calls) == split.n_captions
+    np.testing.assert_allclose(got, encode(list(split.captions)), atol=1e-5)
+
+
 @pytest.mark.parametrize("n", [1, 5])
 def test_runtime_images_match_pytorch(exported, splits, n):
     student, out, _ = exported
