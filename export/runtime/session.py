@@ -25,6 +25,8 @@ from core.data.images import ImagePreprocess, load_image
 from export.runtime import MANIFEST
 from export.runtime.providers import PROVIDER_ALIASES
 
+SORT_BLOCK_BATCHES = 64  # encode_text sorts captions by length within blocks of this many batches
+
 
 class ProviderError(RuntimeError):
     """The execution provider asked for is not available or not the one in use."""
@@ -188,10 +190,16 @@ class OnnxStudent:
         """Caption embeddings in the order given. With dynamic shapes the captions run in order of length,
         each batch padded to its own longest: a batch of 64 Flickr8k captions in their own order pads to
         about 32 tokens for 14 words, and the graph spends as much on padding as on words (the fp32 export
-        of configs/flickr8k.yaml took 21 ms a caption that way on the 2-core development machine)."""
+        of configs/flickr8k.yaml took 21 ms a caption that way on the 2-core development machine). Captions
+        are tokenised and sorted a block of `SORT_BLOCK_BATCHES` batches at a time, so the token ids held
+        stay bounded however many captions come in (COCO's 566K would take about 290 MB at once)."""
         texts = list(texts)
         if self.static_batch or not texts:  # fixed shapes: every batch is padded to max_length anyway
             return self._concat([self._run(self._text, self.tokenize(texts[s])) for s in self._batches(len(texts), batch_size)])
+        block = batch_size * SORT_BLOCK_BATCHES
+        return np.concatenate([self._encode_by_length(texts[b:b + block], batch_size) for b in range(0, len(texts), block)])
+
+    def _encode_by_length(self, texts: list[str], batch_size: int) -> np.ndarray:
         tokens = self.tokenize(texts)
         lengths = tokens["attention_mask"].sum(1)
         order = np.argsort(-lengths, kind="stable")

@@ -76,6 +76,21 @@ def test_captions_run_in_length_order_and_come_back_in_theirs(exported, splits):
     assert runtime.encode_text([]).shape == (0, runtime.embedding_dim)
 
 
+def test_captions_are_tokenised_a_block_of_batches_at_a_time(exported, splits, monkeypatch):
+    """However many captions come in, `encode_text` holds the token ids of one block of batches at a time."""
+    import export.runtime.session as session
+
+    _, out, _ = exported
+    runtime, texts = OnnxStudent(out), list(splits["test"].captions[:11])
+    whole = runtime.encode_text(texts, batch_size=2)
+    monkeypatch.setattr(session, "SORT_BLOCK_BATCHES", 2)
+    sizes = []
+    tokenize = runtime.tokenize
+    runtime.tokenize = lambda chunk: sizes.append(len(chunk)) or tokenize(chunk)
+    np.testing.assert_allclose(runtime.encode_text(texts, batch_size=2), whole, atol=1e-5)
+    assert sizes == [4, 4, 3]
+
+
 def test_a_splits_captions_reach_the_runtime_in_blocks_of_several_batches(exported, splits):
     """eval's caption encoding hands `encode_text` blocks of batches, so that it has captions to sort by length."""
     from eval.evaluate import onnx_captions
