@@ -12,6 +12,7 @@ from core.progress import progress
 from core.towers.frozen import NOT_FROZEN, Frozen
 from eval.metrics import block_metrics, metrics_by_folds, protocols, retrieval_metrics, scored_folds
 from eval.rerank import rerank_metrics
+from export.runtime import SORT_BLOCK_BATCHES
 from student.encode import encode_split as student_encode
 from student.model import DualEncoder
 from teacher.model import ScanTeacher
@@ -90,7 +91,8 @@ def onnx_gallery(runtime, split: CaptionSplit, batch_size: int = 64) -> np.ndarr
     return np.concatenate([runtime.encode_image_files(split.image_paths[s:s + batch_size], batch_size) for s in starts])
 
 
-def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64, batches_per_block: int = 64) -> np.ndarray:
+def onnx_captions(runtime, split: CaptionSplit, batch_size: int = 64,
+                  batches_per_block: int = SORT_BLOCK_BATCHES) -> np.ndarray:
     """Caption embeddings of a split by an exported student, in blocks of `batches_per_block` batches that
     report their progress: `encode_text` sorts a block's captions by length, which a block of one batch
     could not (and a whole split's token ids are not held at once)."""

@@ -18,6 +18,7 @@ from export.runtime.index import GalleryIndex, SearchHit, faiss_available
 from export.runtime.providers import PROVIDER_ALIASES
 
 MANIFEST = "manifest.json"  # an export directory's manifest (DESIGN.md: the exported model directory)
+SORT_BLOCK_BATCHES = 64  # OnnxStudent.encode_text tokenises and sorts captions by length a block of this many batches at a time
 _SESSION_NAMES = ("OnnxStudent", "ProviderError", "make_session", "resolve_providers")
 
 __all__ = ["GalleryIndex", "MANIFEST", "SearchHit", "faiss_available", "PROVIDER_ALIASES", *_SESSION_NAMES]

@@ -22,10 +22,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from core.data.images import ImagePreprocess, load_image
-from export.runtime import MANIFEST
+from export.runtime import MANIFEST, SORT_BLOCK_BATCHES
 from export.runtime.providers import PROVIDER_ALIASES
-
-SORT_BLOCK_BATCHES = 64  # encode_text sorts captions by length within blocks of this many batches
 
 
 class ProviderError(RuntimeError):
